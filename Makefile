@@ -1,0 +1,43 @@
+# collabnet: the developer's entry points. Python 3.11+ and make are all they need.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+# uv from PATH, or a private copy installed from PyPI on first use.
+UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
+RUN := $(UV) run --frozen --no-sync
+# Each member's sources and tests are type-checked on their own: their test modules share names.
+MEMBERS := libs/kit libs/cli $(wildcard services/*)
+
+.PHONY: setup run test lint proto bench clean
+
+$(CURDIR)/.tools/bin/uv:
+	$(PYTHON) -m venv $(CURDIR)/.tools
+	$(CURDIR)/.tools/bin/pip install --quiet --disable-pip-version-check uv
+
+setup: | $(UV)
+	$(UV) sync --frozen --all-packages
+
+run: setup
+	$(RUN) collabnet up
+
+test: setup
+	$(RUN) pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+	$(RUN) python protos/generate.py --check
+	cd protos && $(RUN) buf lint
+	for member in $(MEMBERS); do \
+		MYPYPATH=$$member/src:$$member/tests $(RUN) mypy $$member || exit 1; \
+	done
+	MYPYPATH=libs/kit/tests $(RUN) mypy protos/generate.py bench tests
+
+proto: setup
+	$(RUN) python protos/generate.py
+
+bench: setup
+	for script in bench/*.py; do $(RUN) python $$script || exit 1; done
+
+clean:
+	rm -rf .collabnet .mypy_cache .pytest_cache .ruff_cache

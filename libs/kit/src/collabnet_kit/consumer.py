@@ -1,0 +1,270 @@
+"""Durable JetStream pull consumers with an idempotent inbox.
+
+    consumer = Consumer(
+        bus, db,
+        name="improvement",                      # the consuming service: durable name and inbox key
+        domain="reviews",                        # the stream it reads
+        handlers={ReviewPublished: on_review_published},
+    )
+
+A handler runs inside a database transaction together with an inbox row for the event id, so a
+redelivered event is a no-op; the message is acked only after that commit. A failing handler's
+message is nak'ed with a growing delay; at its last delivery (or at once when it cannot be decoded)
+it is published with its error to ``collabnet.deadletter.<name>`` and acked, and the consumer goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import nats.errors
+import structlog
+from google.protobuf.message import DecodeError, Message
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from collabnet_kit import telemetry
+from collabnet_kit.bus import (
+    DELIVERIES_HEADER,
+    ERROR_HEADER,
+    ERROR_TYPE_HEADER,
+    ORIGINAL_SUBJECT_HEADER,
+    Bus,
+    Envelope,
+    deadletter_subject,
+    stream_name,
+)
+from collabnet_kit.db import Database
+from collabnet_kit.tables import inbox
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[AsyncSession, Any, Envelope], Awaitable[None]]
+
+
+class Undecodable(Exception):
+    """A message that no retry can help: unknown type, missing attributes, or a corrupt payload."""
+
+
+class Consumer:
+    """One durable pull consumer on one domain's stream, handling the event types it is given."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        db: Database,
+        *,
+        name: str,
+        domain: str,
+        handlers: Mapping[type[Message], Handler],
+        tracer_provider: trace.TracerProvider | None = None,
+        max_deliveries: int = 5,
+        backoff_seconds: float = 0.5,
+        max_backoff_seconds: float = 30.0,
+        ack_wait_seconds: float = 30.0,
+        fetch_seconds: float = 5.0,
+    ) -> None:
+        if not handlers:
+            raise ValueError("a consumer needs at least one handler")
+        self.bus = bus
+        self.db = db
+        self.name = name
+        self.domain = domain
+        self.stream = stream_name(domain)
+        self._handlers = {cls.DESCRIPTOR.full_name: (cls, handler) for cls, handler in handlers.items()}
+        self.max_deliveries = max_deliveries
+        self.backoff_seconds = backoff_seconds
+        self.max_backoff_seconds = max_backoff_seconds
+        self.ack_wait_seconds = ack_wait_seconds
+        self.fetch_seconds = fetch_seconds
+        self._tracer = trace.get_tracer("collabnet_kit.consumer", tracer_provider=tracer_provider)
+        self._task: asyncio.Task[None] | None = None
+        self._subscription: Any = None
+        self._stopping = False
+        self._busy = False
+        self._insert = (postgresql.insert if db.dialect == "postgresql" else sqlite.insert)(inbox)
+
+    @property
+    def subjects(self) -> list[str]:
+        return sorted(self._handlers)
+
+    async def start(self) -> None:
+        """Create or update the durable consumer and begin fetching."""
+        await self.bus.ensure_stream(self.domain)
+        await self.bus.ensure_deadletter_stream()
+        config = ConsumerConfig(
+            durable_name=self.name,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.ack_wait_seconds,
+            # The server never gives up on a message: this consumer decides when it is dead.
+            max_deliver=-1,
+            filter_subjects=self.subjects,
+        )
+        await self.bus.js.add_consumer(self.stream, config)  # creates it, or updates its config
+        self._stopping = False
+        self._task = asyncio.create_task(self._run(), name=f"consumer-{self.name}-{self.domain}")
+
+    async def stop(self) -> None:
+        """Stop fetching; a message being handled is finished (and acked) first."""
+        self._stopping = True
+        if self._task is None:
+            return
+        if not self._busy:
+            self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+        if self._subscription is not None:
+            # Messages the server still sends to this subscription are redelivered after ack_wait.
+            with contextlib.suppress(nats.errors.Error):
+                await self._subscription.unsubscribe()
+            self._subscription = None
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                if self._subscription is None:
+                    self._subscription = await self.bus.js.pull_subscribe_bind(self.name, stream=self.stream)
+                messages = await self._subscription.fetch(1, timeout=self.fetch_seconds)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except (nats.errors.Error, OSError) as exc:
+                log.warning("consumer_fetch_failed", consumer=self.name, stream=self.stream, error=str(exc))
+                await asyncio.sleep(1)
+                continue
+            for message in messages:
+                self._busy = True
+                try:
+                    await self.handle(message)
+                except Exception:
+                    log.exception("consumer_message_failed", consumer=self.name, subject=message.subject)
+                finally:
+                    self._busy = False
+
+    def _decode(self, message: Msg) -> tuple[Envelope, Message, Handler]:
+        headers = message.headers or {}
+        event_type = headers.get("ce-type", "")
+        if event_type not in self._handlers:
+            raise Undecodable(f"no handler for event type {event_type!r}")
+        if not headers.get("ce-id"):
+            raise Undecodable("the message has no ce-id")
+        cls, handler = self._handlers[event_type]
+        try:
+            event = cls.FromString(message.data)
+        except DecodeError as exc:
+            raise Undecodable(f"the payload is not a valid {event_type}: {exc}") from exc
+        try:
+            time = datetime.fromisoformat(headers.get("ce-time", "").replace("Z", "+00:00"))
+        except ValueError:
+            time = datetime.now(UTC)
+        envelope = Envelope(
+            id=headers["ce-id"],
+            type=event_type,
+            source=headers.get("ce-source", ""),
+            time=time,
+            subject=message.subject,
+            deliveries=message.metadata.num_delivered,
+            headers=headers,
+        )
+        return envelope, event, handler
+
+    async def handle(self, message: Msg) -> None:
+        """Handle one message: decode, run its handler with the inbox row, then ack, nak or dead-letter."""
+        headers = message.headers or {}
+        deliveries = message.metadata.num_delivered
+        attributes = {
+            "messaging.system": "nats",
+            "messaging.destination.name": message.subject,
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+            "messaging.consumer.group.name": self.name,
+            "messaging.message.id": headers.get("ce-id", ""),
+            "messaging.message.body.size": len(message.data),
+            "messaging.nats.delivery_count": deliveries,
+        }
+        # The producer's context becomes current (with its baggage) for everything the handler does.
+        token = otel_context.attach(telemetry.extract(headers))
+        try:
+            await self._process(message, deliveries, attributes)
+        finally:
+            otel_context.detach(token)
+
+    async def _process(self, message: Msg, deliveries: int, attributes: dict[str, Any]) -> None:
+        with self._tracer.start_as_current_span(
+            f"{message.subject} process", kind=SpanKind.CONSUMER, attributes=attributes
+        ) as span:
+            try:
+                envelope, event, handler = self._decode(message)
+            except Undecodable as exc:
+                span.set_status(Status(StatusCode.ERROR, str(exc)))
+                await self._dead_letter(message, exc)
+                return
+            try:
+                async with self.db.transaction() as session:
+                    if await self._first_delivery(session, envelope):
+                        await handler(session, event, envelope)
+                    else:
+                        span.set_attribute("collabnet.duplicate", True)
+            except Exception as exc:
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+                if deliveries >= self.max_deliveries:
+                    await self._dead_letter(message, exc)
+                else:
+                    delay = min(self.max_backoff_seconds, self.backoff_seconds * 2 ** (deliveries - 1))
+                    log.warning(
+                        "event_handler_failed",
+                        consumer=self.name,
+                        subject=message.subject,
+                        event_id=envelope.id,
+                        deliveries=deliveries,
+                        retry_in=delay,
+                        error=str(exc),
+                    )
+                    await message.nak(delay=delay)
+                return
+            await message.ack()
+
+    async def _first_delivery(self, session: AsyncSession, envelope: Envelope) -> bool:
+        """Insert the inbox row; False when it is there already (the event was handled before)."""
+        result = await session.exec(
+            self._insert.values(
+                consumer=self.name,
+                event_id=envelope.id,
+                subject=envelope.subject,
+                handled_at=datetime.now(UTC),
+            ).on_conflict_do_nothing()
+        )
+        return bool(result.rowcount)
+
+    async def _dead_letter(self, message: Msg, error: Exception) -> None:
+        headers = dict(message.headers or {})
+        event_id = headers.get("ce-id") or f"{self.stream}:{message.metadata.sequence.stream}"
+        headers |= {
+            ERROR_HEADER: f"{error}"[:2000],
+            ERROR_TYPE_HEADER: type(error).__name__,
+            ORIGINAL_SUBJECT_HEADER: message.subject,
+            DELIVERIES_HEADER: str(message.metadata.num_delivered),
+            "Nats-Msg-Id": f"{self.name}:{event_id}",
+        }
+        subject = deadletter_subject(self.name)
+        await self.bus.publish(subject, message.data, headers)
+        await message.ack()
+        log.error(
+            "event_dead_lettered",
+            consumer=self.name,
+            subject=message.subject,
+            event_id=event_id,
+            deadletter_subject=subject,
+            error=str(error),
+        )

@@ -1,0 +1,3 @@
+from kit_testing import service, stack
+
+__all__ = ["service", "stack"]

@@ -1,0 +1,239 @@
+"""The sample service through its real gRPC server: health, principals, error mapping, shutdown."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+import sample
+from google.rpc import error_details_pb2
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from collabnet.kittest.v1 import kittest_pb2
+from collabnet.kittest.v1.kittest_pb2_grpc import SampleServiceStub
+from collabnet_kit import grpc_errors
+from collabnet_kit.bus import Bus, stream_name
+from collabnet_kit.client import health_status
+from collabnet_kit.errors import FieldViolation, InvalidArgument
+from collabnet_kit.nats_server import NatsServer
+from collabnet_kit.principal import Principal, PrincipalSigner
+from collabnet_kit.server import Service
+from collabnet_kit.settings import DEV_SIGNING_KEY, ServiceSettings
+from collabnet_kit.testing import eventually, running, service_settings
+
+SERVING, NOT_SERVING = "SERVING", "NOT_SERVING"
+signer = PrincipalSigner(DEV_SIGNING_KEY)
+OTHER_KEY = "another-signing-key-of-a-proper-length-0123456789"
+
+
+def bearer(principal: Principal, *, key: str = DEV_SIGNING_KEY, now: float | None = None) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer {PrincipalSigner(key).sign(principal, now=now)}"),)
+
+
+PARTNER = bearer(Principal(partner_id="retailer-r"))
+
+
+@pytest.fixture
+async def channel(service: Service) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(service.address) as ch:
+        yield ch
+
+
+async def health_of(channel: grpc.aio.Channel, name: str = "") -> str:
+    return await health_status(channel, name)
+
+
+async def test_health_reports_serving_for_the_process_and_each_service(channel: grpc.aio.Channel) -> None:
+    assert await health_of(channel) == SERVING
+    assert await health_of(channel, "collabnet.kittest.v1.SampleService") == SERVING
+
+
+async def test_health_turns_not_serving_while_nats_is_away_and_back_when_it_returns(
+    channel: grpc.aio.Channel, nats_server: NatsServer
+) -> None:
+    nats_server.kill()
+
+    async def not_serving() -> bool:
+        return await health_of(channel) == NOT_SERVING
+
+    async def serving() -> bool:
+        return await health_of(channel) == SERVING
+
+    await eventually(not_serving, timeout=10)
+    nats_server.start()
+    await eventually(serving, timeout=20)
+
+
+async def test_health_is_not_serving_until_the_service_is_ready(
+    database_url: str, tmp_path: Path, span_processor: SimpleSpanProcessor
+) -> None:
+    # NATS is not there yet: the server listens, but says it cannot serve.
+    nats = NatsServer(tmp_path / "late-nats")
+    settings = service_settings(ServiceSettings, sample.NAME, database_url, nats.url, tmp_path)
+    svc = sample.create(settings, span_processor=span_processor, set_global_telemetry=False)
+    await svc.start()
+    try:
+        async with grpc.aio.insecure_channel(svc.address) as ch:
+            assert await health_of(ch) == NOT_SERVING
+            nats.start()
+
+            async def serving() -> bool:
+                return await health_of(ch) == SERVING
+
+            await eventually(serving, timeout=20)
+    finally:
+        await svc.stop()
+        nats.stop()
+
+
+async def test_the_principal_reaches_the_servicer(channel: grpc.aio.Channel) -> None:
+    reply = await SampleServiceStub(channel).Echo(kittest_pb2.EchoRequest(text="hi"), metadata=PARTNER)
+    assert reply.text == "hi"
+    assert reply.partner_id == "retailer-r"
+
+
+@pytest.mark.parametrize(
+    ("metadata", "reason"),
+    [
+        ((), "carries no principal token"),
+        ((("authorization", "Basic dXNlcjpwYXNz"),), "carries no principal token"),
+        (
+            bearer(Principal(partner_id="r"), key="another-signing-key-of-a-proper-length-0123456789"),
+            "Signature verification failed",
+        ),
+        (bearer(Principal(partner_id="r"), now=1_000_000), "expired"),
+        ((("authorization", "Bearer not.a.jwt"),), "not valid"),
+    ],
+    ids=["missing", "not-bearer", "wrong-key", "expired", "malformed"],
+)
+async def test_calls_without_a_valid_principal_are_unauthenticated(
+    channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...], reason: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await SampleServiceStub(channel).Echo(kittest_pb2.EchoRequest(text="hi"), metadata=metadata)
+    assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert reason in (raised.value.details() or "")
+
+
+async def test_a_tampered_token_is_unauthenticated(channel: grpc.aio.Channel) -> None:
+    token = signer.sign(Principal(partner_id="retailer-r"))
+    header, _, signature = token.split(".")
+    forged_claims = signer.sign(Principal(partner_id="maker-m")).split(".")[1]
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await SampleServiceStub(channel).Echo(
+            kittest_pb2.EchoRequest(text="hi"),
+            metadata=(("authorization", f"Bearer {header}.{forged_claims}.{signature}"),),
+        )
+    assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        ("invalid", grpc.StatusCode.INVALID_ARGUMENT),
+        ("not_found", grpc.StatusCode.NOT_FOUND),
+        ("exists", grpc.StatusCode.ALREADY_EXISTS),
+        ("denied", grpc.StatusCode.PERMISSION_DENIED),
+        ("precondition", grpc.StatusCode.FAILED_PRECONDITION),
+        ("unauthenticated", grpc.StatusCode.UNAUTHENTICATED),
+    ],
+)
+async def test_each_domain_error_becomes_its_status(
+    channel: grpc.aio.Channel, error: str, code: grpc.StatusCode
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await SampleServiceStub(channel).Fail(kittest_pb2.FailRequest(error=error), metadata=PARTNER)
+    assert raised.value.code() == code
+    assert raised.value.details() == sample.ERRORS[error].message
+    domain_error = grpc_errors.from_rpc_error(raised.value)
+    assert type(domain_error) is type(sample.ERRORS[error])
+
+
+async def test_invalid_argument_carries_its_field_violations(channel: grpc.aio.Channel) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await SampleServiceStub(channel).Fail(kittest_pb2.FailRequest(error="invalid"), metadata=PARTNER)
+    bad_request = error_details_pb2.BadRequest()
+    assert any(detail.Unpack(bad_request) for detail in grpc_errors.status_details(raised.value))
+    assert [(v.field, v.description) for v in bad_request.field_violations] == [
+        ("text", "must not be empty"),
+        ("rating", "must be between 1 and 5"),
+    ]
+    error = grpc_errors.from_rpc_error(raised.value)
+    assert isinstance(error, InvalidArgument)
+    assert error.violations == [
+        FieldViolation("text", "must not be empty"),
+        FieldViolation("rating", "must be between 1 and 5"),
+    ]
+
+
+async def test_an_unexpected_error_is_internal_with_the_trace_id_and_no_traceback(
+    channel: grpc.aio.Channel, span_exporter: InMemorySpanExporter
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await SampleServiceStub(channel).Fail(kittest_pb2.FailRequest(error="boom"), metadata=PARTNER)
+    assert raised.value.code() == grpc.StatusCode.INTERNAL
+    details = raised.value.details() or ""
+    assert "hunter2" not in details
+    assert "Traceback" not in details and "RuntimeError" not in details
+    server_span = next(s for s in span_exporter.get_finished_spans() if s.name.endswith("SampleService/Fail"))
+    assert f"trace_id={server_span.context.trace_id:032x}" in details
+
+
+async def test_a_rejected_call_writes_nothing(channel: grpc.aio.Channel, service: Service) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await SampleServiceStub(channel).AddNote(kittest_pb2.AddNoteRequest(text=""), metadata=PARTNER)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert service.relay is not None
+    assert await service.relay.pending() == 0
+
+
+async def test_server_spans_carry_the_partner_and_health_checks_are_not_traced(
+    channel: grpc.aio.Channel, service: Service, span_exporter: InMemorySpanExporter
+) -> None:
+    await health_of(channel)
+    reply = await SampleServiceStub(channel).AddNote(kittest_pb2.AddNoteRequest(text="traced"), metadata=PARTNER)
+    assert service.runtime is not None
+
+    async def handled() -> int:
+        assert service.runtime is not None
+        return await sample.effects(service.runtime.db, reply.note_id)
+
+    await eventually(handled)
+    spans = span_exporter.get_finished_spans()
+    assert not [s for s in spans if "grpc.health" in s.name]
+    rpc = next(s for s in spans if s.name.endswith("SampleService/AddNote"))
+    assert rpc.attributes is not None and rpc.attributes["collabnet.partner.id"] == "retailer-r"
+    trace_spans = [s for s in spans if s.context.trace_id == rpc.context.trace_id]
+    names = {s.name for s in trace_spans}
+    assert "collabnet.kittest.v1.NoteAdded publish" in names
+    assert "collabnet.kittest.v1.NoteAdded process" in names
+    # The partner travels as baggage: it is on the database, publish and consume spans too.
+    for span in trace_spans:
+        assert span.attributes is not None and span.attributes.get("collabnet.partner.id") == "retailer-r", span.name
+
+
+async def test_stop_finishes_in_flight_work_and_flushes_the_outbox(
+    database_url: str, nats_server: NatsServer, tmp_path: Path, span_processor: SimpleSpanProcessor
+) -> None:
+    settings = service_settings(
+        ServiceSettings, sample.NAME, database_url, nats_server.url, tmp_path, outbox_poll_seconds=60
+    )
+    svc = sample.create(settings, span_processor=span_processor, set_global_telemetry=False)
+    async with running(svc):
+        assert svc.relay is not None
+        await svc.relay.stop(flush=False)  # nothing publishes until the service stops
+        async with grpc.aio.insecure_channel(svc.address) as ch:
+            for text in ("one", "two", "three"):
+                await SampleServiceStub(ch).AddNote(kittest_pb2.AddNoteRequest(text=text), metadata=PARTNER)
+        assert await svc.relay.pending() == 3
+    # stop() flushed the outbox on its way out
+    bus = Bus(nats_server.url, name="check")
+    await bus.connect()
+    try:
+        info = await bus.js.stream_info(stream_name(sample.NAME))
+        assert info.state.messages == 3
+    finally:
+        await bus.close()
