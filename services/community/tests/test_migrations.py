@@ -1,0 +1,16 @@
+"""The migration history and the tables stay in step."""
+
+from __future__ import annotations
+
+from collabnet_community import store
+from collabnet_kit.db import Database
+from collabnet_kit.migrations import pending_changes, upgrade
+
+
+async def test_after_upgrading_the_tables_match_the_migrations(database_url: str) -> None:
+    db = Database(database_url)
+    try:
+        await upgrade(db, [store.HISTORY])
+        assert await pending_changes(db, store.HISTORY) == []
+    finally:
+        await db.dispose()
