@@ -1,0 +1,184 @@
+"""The partner boundary, as ASGI middleware: who is calling, may they act for whom they name, are
+they within their rate, is the body within bounds, and one server span per request.
+
+A partner's incoming ``traceparent`` becomes the parent of the request's span only when the partner
+is configured as trusted; otherwise the span starts a new trace that links to the partner's. The
+response's ``traceresponse`` header gives the trace id either way, so a partner can quote it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from starlette.datastructures import Headers
+from starlette.routing import Match, Router
+
+from collabnet_gateway import problems
+from collabnet_gateway.auth import Authenticator, principal_of
+from collabnet_gateway.domain import RateLimiter
+from collabnet_gateway.problems import Problem
+from collabnet_kit import telemetry
+from collabnet_kit.principal import PrincipalSigner, acting_as
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+OPEN_PATHS = ("/healthz", "/readyz", "/openapi.json", "/docs", "/redoc")
+ON_BEHALF_OF = "x-on-behalf-of"
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class Boundary:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        router: Router,
+        authenticator: Callable[[], Authenticator | None],
+        signer: Callable[[], PrincipalSigner | None],
+        tracer: Callable[[], trace.Tracer],
+        limiter: RateLimiter,
+        trusted_partners: frozenset[str],
+        max_body_bytes: int,
+    ) -> None:
+        self.app = app
+        self.router = router
+        self.authenticator = authenticator
+        self.signer = signer
+        self.tracer = tracer
+        self.limiter = limiter
+        self.trusted = trusted_partners
+        self.max_body = max_body_bytes
+
+    def _route(self, scope: Scope) -> str:
+        for route in self.router.routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return str(getattr(route, "path", scope["path"]))
+        return scope["path"]  # type: ignore[no-any-return]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["path"].startswith("/docs"):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        remote = telemetry.extract(dict(headers))
+        problem: Problem | None = None
+        caller = None
+        acting_for = headers.get(ON_BEHALF_OF) or None
+        try:
+            caller = await self._authenticate(headers)
+            if acting_for is not None:
+                allowed, reason = await self._require_authenticator().may_act_for(caller.partner_id, acting_for)
+                if not allowed:
+                    raise Problem(403, f"{caller.partner_id} may not act for {acting_for}: {reason}")
+            wait = self.limiter.check(caller.key_id, time.monotonic())
+            if wait > 0:
+                raise Problem(
+                    429, "the API key's request rate is exceeded", headers={"Retry-After": str(max(1, round(wait)))}
+                )
+            length = headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) > self.max_body:
+                raise Problem(413, f"the request body is larger than {self.max_body} bytes")
+        except Problem as refused:
+            problem = refused
+
+        trusted = caller is not None and caller.partner_id in self.trusted
+        remote_span = trace.get_current_span(remote).get_span_context()
+        parent: Context = remote if trusted else Context()
+        links = [] if trusted or not remote_span.is_valid else [Link(remote_span, {"collabnet.link": "partner"})]
+        if caller is not None:
+            parent = telemetry.with_partner(caller.partner_id, parent)
+        attributes: dict[str, Any] = {
+            "http.request.method": scope["method"],
+            "url.path": scope["path"],
+            "http.route": self._route(scope),
+            "url.scheme": scope.get("scheme", "http"),
+            "user_agent.original": headers.get("user-agent", ""),
+        }
+        if caller is not None:
+            attributes[telemetry.PARTNER_ID] = caller.partner_id
+            attributes["collabnet.trusted_parent"] = trusted
+        if acting_for is not None:
+            attributes["collabnet.acts_for"] = acting_for
+        name = f"{scope['method']} {attributes['http.route']}"
+        with self.tracer().start_as_current_span(
+            name, context=parent, kind=SpanKind.SERVER, links=links, attributes=attributes
+        ) as span:
+            context = span.get_span_context()
+            traceresponse = f"00-{context.trace_id:032x}-{context.span_id:016x}-01"
+            status = 500
+
+            async def send_with_trace(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                    message.setdefault("headers", [])
+                    message["headers"] = [*message["headers"], (b"traceresponse", traceresponse.encode())]
+                await send(message)
+
+            if problem is not None:
+                await problems.response(problem, scope["path"])(scope, receive, send_with_trace)
+            else:
+                assert caller is not None
+                principal = principal_of(caller, acting_for)
+                signer = self.signer()
+                assert signer is not None
+                with acting_as(principal, signer.sign(principal)):
+                    try:
+                        await self.app(scope, self._bounded(receive), send_with_trace)
+                    except BodyTooLarge:
+                        too_large = Problem(413, f"the request body is larger than {self.max_body} bytes")
+                        await problems.response(too_large, scope["path"])(scope, receive, send_with_trace)
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+
+    def _require_authenticator(self) -> Authenticator:
+        authenticator = self.authenticator()
+        if authenticator is None:
+            raise Problem(503, "the gateway is starting; try again shortly")
+        return authenticator
+
+    async def _authenticate(self, headers: Headers) -> Any:
+        scheme, _, secret = headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise Problem(
+                401, "send the partner API key as 'Authorization: Bearer <key>'", headers={"WWW-Authenticate": "Bearer"}
+            )
+        try:
+            return await self._require_authenticator().authenticate(secret.strip())
+        except Problem as refused:
+            if refused.status == 401:
+                refused.headers.setdefault("WWW-Authenticate", 'Bearer error="invalid_token"')
+            raise
+
+    def _bounded(self, receive: Receive) -> Receive:
+        seen = 0
+
+        async def bounded() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    raise BodyTooLarge
+            return message
+
+        return bounded
+
+
+def detach_current(token: object) -> None:
+    otel_context.detach(token)  # type: ignore[arg-type]

@@ -1,0 +1,3 @@
+from gateway_testing import shared_stack, stack
+
+__all__ = ["shared_stack", "stack"]

@@ -1,0 +1,95 @@
+"""The gateway's rules, without I/O."""
+
+from __future__ import annotations
+
+import pytest
+
+from collabnet.identity.v1 import identity_pb2 as identity
+from collabnet.supplychain.v1 import events_pb2 as supplychain
+from collabnet_gateway import domain, schemas
+from collabnet_gateway.domain import ProductParties
+from collabnet_kit.errors import InvalidArgument
+
+
+def test_a_bucket_allows_its_burst_then_one_request_per_token() -> None:
+    bucket = domain.TokenBucket(rate=2.0, burst=3.0)
+    assert [bucket.take(0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    wait = bucket.take(0.0)
+    assert wait == pytest.approx(0.5)
+    assert bucket.take(0.5) == 0.0
+
+
+def test_each_key_has_its_own_bucket() -> None:
+    limiter = domain.RateLimiter(rate=1.0, burst=1.0)
+    assert limiter.check("a", 0.0) == 0.0
+    assert limiter.check("a", 0.0) > 0
+    assert limiter.check("b", 0.0) == 0.0
+
+
+def test_a_signature_verifies_with_the_secret_and_not_after_tampering_or_too_late() -> None:
+    body = b'{"id":"e-1"}'
+    header = domain.sign("whsec_x", 1_000, body)
+    assert domain.verify("whsec_x", header, body, now=1_010)
+    assert not domain.verify("whsec_y", header, body, now=1_010)
+    assert not domain.verify("whsec_x", header, body + b" ", now=1_010)
+    assert not domain.verify("whsec_x", header, body, now=1_000 + domain.TOLERANCE_SECONDS + 1)
+    assert not domain.verify("whsec_x", "garbage", body, now=1_000)
+
+
+def test_retries_back_off_exponentially_up_to_a_cap() -> None:
+    assert [domain.backoff_seconds(n) for n in (1, 2, 3)] == [1.0, 2.0, 4.0]
+    assert domain.backoff_seconds(30) == 600.0
+
+
+def test_the_same_request_has_the_same_fingerprint_whatever_the_json_key_order() -> None:
+    a = domain.request_fingerprint("POST", "/v1/parties", b'{"a": 1, "b": 2}')
+    b = domain.request_fingerprint("POST", "/v1/parties", b'{"b":2,"a":1}')
+    c = domain.request_fingerprint("POST", "/v1/parties", b'{"a": 2, "b": 2}')
+    assert a == b
+    assert a != c
+
+
+def test_a_subscription_needs_a_url_and_known_event_types() -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        domain.validate_subscription("ftp://x", ["collabnet.reviews.v1.Nope"], {"collabnet.reviews.v1.ReviewPublished"})
+    assert {v.field for v in raised.value.violations} == {"url", "event_types"}
+
+
+PRODUCTS = {"p1": ProductParties("M", frozenset({"R1", "R2"}))}
+
+
+@pytest.mark.parametrize(
+    ("event_type", "event", "partners"),
+    [
+        ("collabnet.improvement.v1.CaseOpened", {"maker_id": "M", "retailer_id": "R1"}, {"M", "R1"}),
+        ("collabnet.reviews.v1.ReviewPublished", {"product_id": "p1"}, {"M", "R1", "R2"}),
+        ("collabnet.supplychain.v1.OrderPlaced", {"retailer_id": "R1", "lines": [{"product_id": "p1"}]}, {"R1", "M"}),
+        ("collabnet.improvement.v1.CorrectiveActionRequested", {"supplier_id": "S", "requested_by": "M"}, {"S", "M"}),
+        ("collabnet.reviews.v1.ReviewPublished", {"product_id": "unknown"}, set()),
+        ("collabnet.identity.v1.PartyRegistered", {"party_id": "C"}, set()),
+    ],
+)
+def test_an_event_reaches_only_the_partners_it_concerns(
+    event_type: str, event: dict[str, object], partners: set[str]
+) -> None:
+    assert domain.audience(event_type, event, PRODUCTS) == partners
+
+
+def test_json_uses_short_enum_names_numbers_for_64_bit_integers_and_rfc3339_times() -> None:
+    party = identity.Party(party_id="p", kind=identity.PARTY_KIND_PERSON, display_name="C")
+    party.create_time.FromSeconds(0)
+    data = schemas.to_json(party)
+    assert data["kind"] == "person"
+    assert data["create_time"] == "1970-01-01T00:00:00Z"
+    assert "email" not in data  # absent, not blank
+    order = supplychain.OrderPlaced(order_id="o")
+    order.total.amount_minor = 2**40
+    assert schemas.to_json(order)["total"]["amount_minor"] == 2**40
+
+
+def test_json_fills_a_request_and_names_the_fields_it_cannot_take() -> None:
+    request = schemas.fill(identity.RegisterPartyRequest(), {"kind": "organization", "display_name": "R"})
+    assert request.kind == identity.PARTY_KIND_ORGANIZATION
+    with pytest.raises(InvalidArgument) as raised:
+        schemas.fill(identity.RegisterPartyRequest(), {"kind": "robot", "display_nam": "R", "attributes": []})
+    assert {v.field for v in raised.value.violations} == {"kind", "display_nam", "attributes"}
