@@ -106,6 +106,8 @@ class Stack:
             "COLLABNET_LOG_FORMAT": "json",
             "PYTHONUNBUFFERED": "1",
         }
+        if component.protocol == "http":
+            env |= {"COLLABNET_HTTP_HOST": "127.0.0.1", "COLLABNET_HTTP_PORT": str(component.port)}
         for other in self.components:
             env[f"COLLABNET_{other.name.upper()}_ADDRESS"] = other.address
         return env | dict(component.env)

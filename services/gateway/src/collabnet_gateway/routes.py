@@ -63,7 +63,7 @@ def _query_annotation(field: FieldDescriptor) -> Any:
     elif field.type == FieldDescriptor.TYPE_STRING or field.type == FieldDescriptor.TYPE_BYTES:
         single = str
     else:
-        single = int
+        single = schemas.int_annotation(field)
     if field.is_repeated:
         return list[single]
     return single

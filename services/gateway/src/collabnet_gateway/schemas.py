@@ -32,6 +32,19 @@ _INTS = {
     FieldDescriptor.TYPE_SFIXED32,
     FieldDescriptor.TYPE_SFIXED64,
 }
+_32_BITS = {
+    FieldDescriptor.TYPE_INT32,
+    FieldDescriptor.TYPE_UINT32,
+    FieldDescriptor.TYPE_SINT32,
+    FieldDescriptor.TYPE_FIXED32,
+    FieldDescriptor.TYPE_SFIXED32,
+}
+_UNSIGNED = {
+    FieldDescriptor.TYPE_UINT32,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_FIXED32,
+    FieldDescriptor.TYPE_FIXED64,
+}
 _FLOATS = {FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT}
 _TIMESTAMP = "google.protobuf.Timestamp"
 _DURATION = "google.protobuf.Duration"
@@ -131,6 +144,20 @@ def _parse_timestamp(value: Any, path: str) -> Timestamp:
     return stamp
 
 
+def int_range(field: FieldDescriptor) -> tuple[int, int]:
+    """The values an integer field can hold."""
+    if field.type in _UNSIGNED:
+        return 0, 2**32 - 1 if field.type in _32_BITS else 2**64 - 1
+    bound = 2**31 if field.type in _32_BITS else 2**63
+    return -bound, bound - 1
+
+
+def int_annotation(field: FieldDescriptor) -> Any:
+    """An integer field's type, with its range, for the OpenAPI document."""
+    low, high = int_range(field)
+    return Annotated[int, Field(ge=low, le=high)]
+
+
 def _parse_duration(value: Any, path: str) -> Duration:
     duration = Duration()
     if not isinstance(value, str) or not re.match(_DURATION_PATTERN, value):
@@ -153,6 +180,9 @@ def _scalar_value(field: FieldDescriptor, value: Any, path: str) -> Any:
     if field.type in _INTS:
         if isinstance(value, bool) or not isinstance(value, int):
             raise InvalidArgument.field(path, "must be an integer")
+        low, high = int_range(field)
+        if not low <= value <= high:
+            raise InvalidArgument.field(path, f"must be between {low} and {high}")
         return value
     if field.type in _FLOATS:
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -270,7 +300,7 @@ class Models:
                 return Annotated[str, Field(pattern=_DURATION_PATTERN, examples=["86400s"])]
             return self.of(message_type(field))
         if field.type in _INTS:
-            return int
+            return int_annotation(field)
         if field.type in _FLOATS:
             return float
         if field.type == FieldDescriptor.TYPE_BOOL:

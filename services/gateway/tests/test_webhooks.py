@@ -1,0 +1,187 @@
+"""Webhooks with the real services and a real HTTP endpoint: signed deliveries a partner can verify,
+retries of a failing endpoint, the delivery log and replay, and only events a partner may see."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from gateway_testing import Partner, Stack, unique
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from collabnet.identity.v1 import identity_pb2 as identity
+from collabnet_gateway import domain
+from collabnet_kit.nats_server import free_port
+from collabnet_kit.testing import eventually
+
+LISTED = "collabnet.supplychain.v1.ProductListed"
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Endpoint:
+    """A partner's webhook endpoint: answers 500 to the first ``failures`` POSTs, then 204."""
+
+    url: str
+    failures: int = 0
+    received: list[Received] = field(default_factory=list)
+
+    async def handle(self, request: Request) -> Response:
+        self.received.append(Received(dict(request.headers), await request.body()))
+        return Response(status_code=500 if len(self.received) <= self.failures else 204)
+
+
+@asynccontextmanager
+async def endpoint(failures: int = 0) -> AsyncIterator[Endpoint]:
+    port = free_port()
+    receiver = Endpoint(f"http://127.0.0.1:{port}/hooks", failures)
+    app = Starlette(routes=[Route("/hooks", receiver.handle, methods=["POST"])])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    await eventually(lambda: _started(server))
+    try:
+        yield receiver
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def subscribe(stack: Stack, partner: Partner, url: str, *event_types: str) -> dict[str, Any]:
+    response = await stack.http.post(
+        "/v1/webhooks", json={"url": url, "event_types": list(event_types)}, headers=partner.auth
+    )
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+async def list_product(stack: Stack, retailer: Partner) -> str:
+    maker = await stack.partner(unique("Maker"), identity.PARTNER_KIND_MANUFACTURER)
+    product = await stack.http.post(
+        "/v1/products",
+        json={
+            "sku": unique("SKU").replace(" ", "-"),
+            "name": "Toaster",
+            "category": "kitchen",
+            "kind": "finished_good",
+            "maker_id": maker.id,
+        },
+        headers=maker.auth,
+    )
+    assert product.status_code == 201, product.text
+    product_id: str = product.json()["product_id"]
+    listing = await stack.http.post(
+        "/v1/listings",
+        json={
+            "product_id": product_id,
+            "retailer_id": retailer.id,
+            "price": {"currency_code": "EUR", "amount_minor": 2999},
+            "available": True,
+        },
+        headers=retailer.auth,
+    )
+    assert listing.status_code == 201, listing.text
+    return product_id
+
+
+async def test_a_delivery_is_signed_with_the_subscriptions_secret(stack: Stack) -> None:
+    retailer = await stack.partner()
+    async with endpoint() as hooks:
+        subscription = await subscribe(stack, retailer, hooks.url, LISTED)
+        product_id = await list_product(stack, retailer)
+        await eventually(lambda: _at_least(hooks, 1))
+    delivery = hooks.received[0]
+    signature = delivery.headers[domain.SIGNATURE_HEADER.lower()]
+    assert domain.verify(subscription["secret"], signature, delivery.body, int(time.time()))
+    assert not domain.verify("another secret", signature, delivery.body, int(time.time()))
+    event = json.loads(delivery.body)
+    assert event["type"] == LISTED
+    assert event["specversion"] == "1.0"
+    assert event["data"]["product_id"] == product_id
+    assert event["data"]["retailer_id"] == retailer.id
+    assert delivery.headers["content-type"] == "application/cloudevents+json"
+    # The secret is shown once: listing the subscriptions does not show it again.
+    listed = (await stack.http.get("/v1/webhooks", headers=retailer.auth)).json()["webhooks"]
+    assert [w["id"] for w in listed] == [subscription["id"]]
+    assert listed[0]["secret"] is None
+
+
+async def test_a_failing_endpoint_is_retried_until_it_accepts_and_the_log_tells(stack: Stack) -> None:
+    retailer = await stack.partner()
+    async with endpoint(failures=2) as hooks:
+        subscription = await subscribe(stack, retailer, hooks.url, LISTED)
+        await list_product(stack, retailer)
+        log_path = f"/v1/webhooks/{subscription['id']}/deliveries"
+
+        async def delivered() -> Any:
+            deliveries = (await stack.http.get(log_path, headers=retailer.auth)).json()["deliveries"]
+            return deliveries if deliveries and deliveries[0]["state"] == "delivered" else None
+
+        [delivery] = await eventually(delivered, timeout=20)
+        assert delivery["attempts"] == 3
+        assert delivery["last_status_code"] == 204
+        assert len(hooks.received) == 3
+        # Every attempt carries the same event, each signed when it was sent.
+        assert len({json.loads(r.body)["id"] for r in hooks.received}) == 1
+        assert all(
+            domain.verify(subscription["secret"], r.headers["x-collabnet-signature"], r.body, int(time.time()))
+            for r in hooks.received
+        )
+
+        # Replay sends it once more.
+        replayed = await stack.http.post(f"{log_path}/{delivery['id']}:replay", headers=retailer.auth)
+        assert replayed.status_code == 202, replayed.text
+        await eventually(lambda: _at_least(hooks, 4))
+        assert json.loads(hooks.received[3].body)["id"] == json.loads(hooks.received[0].body)["id"]
+
+
+async def test_a_partner_only_hears_of_what_it_may_see(stack: Stack) -> None:
+    retailer = await stack.partner()
+    outsider = await stack.partner()
+    async with endpoint() as mine, endpoint() as theirs:
+        await subscribe(stack, retailer, mine.url, LISTED)
+        watching = await subscribe(stack, outsider, theirs.url, LISTED)
+        await list_product(stack, retailer)
+        await eventually(lambda: _at_least(mine, 1))
+        # The outsider's subscription matched the event type but the listing is not its business.
+        log = await stack.http.get(f"/v1/webhooks/{watching['id']}/deliveries", headers=outsider.auth)
+        assert log.json()["deliveries"] == []
+    assert theirs.received == []
+    # Nor may it read the retailer's subscriptions.
+    listed = (await stack.http.get("/v1/webhooks", headers=outsider.auth)).json()["webhooks"]
+    assert [w["id"] for w in listed] == [watching["id"]]
+
+
+async def test_a_subscription_is_validated(stack: Stack) -> None:
+    partner = await stack.partner()
+    response = await stack.http.post(
+        "/v1/webhooks", json={"url": "ftp://example.com", "event_types": ["NoSuchEvent"]}, headers=partner.auth
+    )
+    assert response.status_code == 400, response.text
+    assert {e["field"] for e in response.json()["errors"]} == {"url", "event_types"}
+    other = await stack.partner()
+    mine = await subscribe(stack, partner, "https://hooks.example.com/x", LISTED)
+    assert (await stack.http.delete(f"/v1/webhooks/{mine['id']}", headers=other.auth)).status_code == 404
+    assert (await stack.http.delete(f"/v1/webhooks/{mine['id']}", headers=partner.auth)).status_code == 204
+
+
+async def _started(server: uvicorn.Server) -> bool:
+    return server.started
+
+
+async def _at_least(hooks: Endpoint, count: int) -> bool:
+    return len(hooks.received) >= count
