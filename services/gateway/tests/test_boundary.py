@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime, timedelta
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -204,6 +205,20 @@ async def test_the_same_idempotency_key_for_another_request_is_422(shared_stack:
         "/v1/parties", json={"kind": "person", "display_name": "B"}, headers=headers
     )
     problem(response, 422)
+
+
+async def test_a_key_is_forgotten_after_its_retention(shared_stack: Stack) -> None:
+    partner = await shared_stack.partner()
+    headers = partner.auth | {"Idempotency-Key": "create-4"}
+    first = await shared_stack.http.post("/v1/parties", json={"kind": "person", "display_name": "A"}, headers=headers)
+    retention = timedelta(hours=shared_stack.gateway.settings.idempotency_retention_hours)
+    await shared_stack.gateway.purge_idempotency_records(datetime.now(UTC) + retention - timedelta(minutes=1))
+    again = await shared_stack.http.post("/v1/parties", json={"kind": "person", "display_name": "A"}, headers=headers)
+    assert again.json() == first.json()
+    await shared_stack.gateway.purge_idempotency_records(datetime.now(UTC) + retention + timedelta(minutes=1))
+    later = await shared_stack.http.post("/v1/parties", json={"kind": "person", "display_name": "A"}, headers=headers)
+    assert later.status_code == 201
+    assert later.json()["party_id"] != first.json()["party_id"]
 
 
 async def test_concurrent_retries_create_once(shared_stack: Stack) -> None:

@@ -9,10 +9,11 @@ import json
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
+import sqlalchemy as sa
 import structlog
 import uvicorn
 from fastapi import FastAPI, Request
@@ -22,6 +23,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 from pydantic import Field, field_validator
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import col
 
 from collabnet.community.v1 import community_pb2, community_pb2_grpc
 from collabnet.identity.v1 import events_pb2 as identity_events
@@ -141,7 +143,9 @@ class Gateway:
             poll_seconds=s.webhook_poll_seconds,
             backoff_seconds=s.webhook_backoff_seconds,
         )
-        return Wiring(apis=[], consumers=consumers, jobs=[self._watch_revocations, deliverer.run])
+        return Wiring(
+            apis=[], consumers=consumers, jobs=[self._watch_revocations, deliverer.run, self._purge_idempotency_records]
+        )
 
     async def _watch_revocations(self) -> None:
         """Every replica hears every revocation (a plain subscription, not a shared durable consumer)."""
@@ -159,6 +163,20 @@ class Gateway:
         finally:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
+
+    async def _purge_idempotency_records(self, every_seconds: float = 600.0) -> None:
+        """Forget idempotency records past their retention, every few minutes."""
+        while True:
+            try:
+                await self.purge_idempotency_records(datetime.now(UTC))
+            except Exception:
+                log.exception("idempotency_purge_failed")
+            await asyncio.sleep(every_seconds)
+
+    async def purge_idempotency_records(self, now: datetime) -> None:
+        cutoff = now - timedelta(hours=self.settings.idempotency_retention_hours)
+        async with self.runtime.db.transaction() as session:
+            await session.exec(sa.delete(IdempotencyRecord).where(col(IdempotencyRecord.created_at) < cutoff))
 
     async def call(self, service: str, rpc: str, message: Message) -> Message:
         stub = self.stubs.get(service)
