@@ -6,6 +6,7 @@ import pytest
 
 from collabnet.identity.v1 import identity_pb2 as identity
 from collabnet.supplychain.v1 import events_pb2 as supplychain
+from collabnet.supplychain.v1 import supplychain_pb2
 from collabnet_gateway import domain, schemas
 from collabnet_gateway.domain import ProductParties
 from collabnet_kit.errors import InvalidArgument
@@ -93,3 +94,17 @@ def test_json_fills_a_request_and_names_the_fields_it_cannot_take() -> None:
     with pytest.raises(InvalidArgument) as raised:
         schemas.fill(identity.RegisterPartyRequest(), {"kind": "robot", "display_nam": "R", "attributes": []})
     assert {v.field for v in raised.value.violations} == {"kind", "display_nam", "attributes"}
+
+
+def test_a_validation_errors_location_becomes_the_requests_field_path() -> None:
+    assert domain.field_path(("body", "lines", 0, "sku")) == "lines[0].sku"
+    assert domain.field_path(("body", "name"), "relationship_type") == "relationship_type.name"
+    assert domain.field_path(("query", "page_size")) == "page_size"
+    assert domain.field_path(("body",)) == "body"
+
+
+def test_two_members_of_a_oneof_are_refused_naming_both() -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        schemas.fill(supplychain_pb2.TraceUpstreamRequest(), {"product_id": "p", "lot_id": "l"})
+    assert {v.field for v in raised.value.violations} == {"product_id", "lot_id"}
+    assert schemas.fill(supplychain_pb2.TraceUpstreamRequest(), {"lot_id": "l"}).lot_id == "l"

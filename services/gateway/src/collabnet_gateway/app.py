@@ -223,12 +223,10 @@ class Gateway:
 
         @app.exception_handler(RequestValidationError)
         async def on_invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-            violations = [
-                FieldViolation(
-                    ".".join(str(p) for p in e["loc"] if p not in ("body", "query", "path")) or "body", e["msg"]
-                )
-                for e in error.errors()
-            ]
+            # Named as the services name fields: the request's field path, list items as [i].
+            route = request.scope.get("route")
+            body_field = builder.body_fields.get((request.method, getattr(route, "path", "")))
+            violations = [FieldViolation(domain.field_path(e["loc"], body_field), e["msg"]) for e in error.errors()]
             detail = "; ".join(f"{v.field}: {v.description}" for v in violations)
             return problems.response(Problem(400, detail, violations=violations), request.url.path)
 

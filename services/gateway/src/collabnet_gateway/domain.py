@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,3 +158,16 @@ def audience(event_type: str, event: Mapping[str, Any], products: Mapping[str, P
     if name == "RedesignRequested":
         return {event["maker_id"]} if event.get("maker_id") else set()
     return set()
+
+
+def field_path(location: Sequence[str | int], body_field: str | None = None) -> str:
+    """A request validation error's location as a field path: ``("body", "lines", 0, "sku")`` is
+    ``lines[0].sku``; on a route whose body is one field of the request, that field leads."""
+    where, *rest = location or ("body",)
+    path = body_field if where == "body" and body_field else ""
+    for part in rest:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path = f"{path}.{part}" if path else str(part)
+    return path or str(where)

@@ -63,7 +63,7 @@ def _query_annotation(field: FieldDescriptor) -> Any:
     elif field.type == FieldDescriptor.TYPE_STRING or field.type == FieldDescriptor.TYPE_BYTES:
         single = str
     else:
-        single = schemas.int_annotation(field)
+        single = schemas.int_annotation(field, strict=False)
     if field.is_repeated:
         return list[single]
     return single
@@ -83,6 +83,8 @@ class RouteBuilder:
         self.idempotent = idempotent
         self.models = models
         self.max_page_size = max_page_size
+        # (method, path) of the routes whose JSON body is one field of the request: that field.
+        self.body_fields: dict[tuple[str, str], str] = {}
 
     def method(self, route: Route) -> MethodDescriptor:
         return self.services[route.service].methods_by_name[route.rpc]
@@ -91,6 +93,8 @@ class RouteBuilder:
         for route in routes:
             method = self.method(route)
             endpoint = self._endpoint(route, method.input_type)
+            if route.body not in (None, "*"):
+                self.body_fields[(route.method, route.path)] = route.body
             router.add_api_route(
                 route.path,
                 endpoint,

@@ -48,6 +48,8 @@ _UNSIGNED = {
 _FLOATS = {FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT}
 _TIMESTAMP = "google.protobuf.Timestamp"
 _DURATION = "google.protobuf.Duration"
+# A FieldMask in JSON: the field paths, comma-separated ("policy.case_rating_threshold,title").
+_FIELD_MASK = "google.protobuf.FieldMask"
 # The proto3 JSON form of a Duration: seconds with up to nine decimals and an "s".
 _DURATION_PATTERN = r"^-?[0-9]+(\.[0-9]{1,9})?s$"
 
@@ -108,6 +110,8 @@ def _scalar_json(field: FieldDescriptor, value: Any) -> Any:
             return _timestamp_json(value)
         if message_type(field).full_name == _DURATION:
             return value.ToJsonString()
+        if message_type(field).full_name == _FIELD_MASK:
+            return ",".join(value.paths)
         return to_json(value)
     if field.type == FieldDescriptor.TYPE_BYTES:
         return value.hex()
@@ -152,10 +156,11 @@ def int_range(field: FieldDescriptor) -> tuple[int, int]:
     return -bound, bound - 1
 
 
-def int_annotation(field: FieldDescriptor) -> Any:
-    """An integer field's type, with its range, for the OpenAPI document."""
+def int_annotation(field: FieldDescriptor, *, strict: bool = True) -> Any:
+    """An integer field's type, with its range. In JSON bodies a number and nothing else (strict);
+    in query strings, text that reads as one."""
     low, high = int_range(field)
-    return Annotated[int, Field(ge=low, le=high)]
+    return Annotated[int, Field(ge=low, le=high, strict=strict)]
 
 
 def _parse_duration(value: Any, path: str) -> Duration:
@@ -213,9 +218,18 @@ def fill(message: M, data: dict[str, Any], path: str = "") -> M:
             _set(message, field, value, where)
         except InvalidArgument as error:
             violations += error.violations
+    for oneof in message.DESCRIPTOR.oneofs:
+        given = [f.name for f in oneof.fields if data.get(f.name) is not None]
+        if len(given) > 1 and not _synthetic(oneof):
+            violations += [FieldViolation(f"{path}{name}", f"give only one of: {', '.join(given)}") for name in given]
     if violations:
         raise InvalidArgument("; ".join(f"{v.field}: {v.description}" for v in violations), violations)
     return message
+
+
+def _synthetic(oneof: Any) -> bool:
+    """The oneof protoc makes for a proto3 ``optional`` field."""
+    return len(oneof.fields) == 1 and str(oneof.name).startswith("_")
 
 
 def _set(message: Message, field: FieldDescriptor, value: Any, where: str) -> None:
@@ -246,6 +260,12 @@ def _message_value(target: Message, field: FieldDescriptor, value: Any, where: s
         return
     if message_type(field).full_name == _DURATION:
         target.CopyFrom(_parse_duration(value, where))
+        return
+    if message_type(field).full_name == _FIELD_MASK:
+        if not isinstance(value, str):
+            raise InvalidArgument.field(where, 'must be field paths separated by commas, such as "title,description"')
+        target.SetInParent()
+        target.paths.extend(p.strip() for p in value.split(",") if p.strip())  # type: ignore[attr-defined]
         return
     if not isinstance(value, dict):
         raise InvalidArgument.field(where, "must be an object")
@@ -298,11 +318,13 @@ class Models:
                 return dict[str, Any]
             if message_type(field).full_name == _DURATION:
                 return Annotated[str, Field(pattern=_DURATION_PATTERN, examples=["86400s"])]
+            if message_type(field).full_name == _FIELD_MASK:
+                return Annotated[str, Field(examples=["title,description"])]
             return self.of(message_type(field))
         if field.type in _INTS:
             return int_annotation(field)
         if field.type in _FLOATS:
-            return float
+            return Annotated[float, Field(strict=True)]
         if field.type == FieldDescriptor.TYPE_BOOL:
-            return bool
-        return str
+            return Annotated[bool, Field(strict=True)]
+        return Annotated[str, Field(strict=True)]
