@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 
 from collabnet.identity.v1 import identity_pb2 as identity
 from collabnet.supplychain.v1 import events_pb2 as supplychain
 from collabnet.supplychain.v1 import supplychain_pb2
-from collabnet_gateway import domain, schemas
+from collabnet_gateway import domain, schemas, views
 from collabnet_gateway.domain import ProductParties
 from collabnet_kit.errors import InvalidArgument
 
@@ -108,3 +111,52 @@ def test_two_members_of_a_oneof_are_refused_naming_both() -> None:
         schemas.fill(supplychain_pb2.TraceUpstreamRequest(), {"product_id": "p", "lot_id": "l"})
     assert {v.field for v in raised.value.violations} == {"product_id", "lot_id"}
     assert schemas.fill(supplychain_pb2.TraceUpstreamRequest(), {"lot_id": "l"}).lot_id == "l"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_concurrent_requests_for_a_view_share_one_fan_out_and_it_is_kept_a_moment() -> None:
+    clock = Clock()
+    cache = views.ViewCache(1.0, clock)
+    calls = 0
+    release = asyncio.Event()
+
+    async def compose() -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        await release.wait()
+        return {"n": calls, "degraded": []}
+
+    waiting = [asyncio.create_task(cache.get(("page", "p1"), compose)) for _ in range(5)]
+    await asyncio.sleep(0)
+    release.set()
+    assert [v["n"] for v in await asyncio.gather(*waiting)] == [1] * 5
+    clock.now = 0.9
+    assert (await cache.get(("page", "p1"), compose))["n"] == 1
+    assert (await cache.get(("page", "another caller"), compose))["n"] == 2
+    clock.now = 1.1
+    assert (await cache.get(("page", "p1"), compose))["n"] == 3
+
+
+async def test_a_degraded_or_failed_view_is_not_kept() -> None:
+    cache = views.ViewCache(60.0, Clock())
+    outcomes: list[Any] = [{"degraded": ["reviews"]}, RuntimeError("down"), {"degraded": []}]
+
+    async def compose() -> dict[str, Any]:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return dict(outcome)
+
+    assert (await cache.get(("k",), compose))["degraded"] == ["reviews"]
+    with pytest.raises(RuntimeError):
+        await cache.get(("k",), compose)
+    assert (await cache.get(("k",), compose))["degraded"] == []
+    assert (await cache.get(("k",), compose))["degraded"] == []  # kept: compose was not called again
+    assert outcomes == []

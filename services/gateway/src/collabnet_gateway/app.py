@@ -82,6 +82,9 @@ class Settings(ServiceSettings):
     auth_cache_seconds: float = Field(default=30.0, ge=0)
     call_timeout_seconds: float = Field(default=5.0, gt=0)
     view_part_timeout_seconds: float = Field(default=1.0, gt=0)
+    # How long a complete product page is served as it is to the same caller; 0 turns that off
+    # (concurrent requests for the same page still share one fan-out).
+    view_cache_seconds: float = Field(default=1.0, ge=0)
     webhook_max_attempts: int = Field(default=8, ge=1)
     webhook_timeout_seconds: float = Field(default=5.0, gt=0)
     webhook_poll_seconds: float = Field(default=0.5, gt=0)
@@ -204,7 +207,8 @@ class Gateway:
             if service in DESCRIPTORS:
                 builder.add(app.router, routes)
         app.include_router(subscriptions.router(lambda: self.runtime.db))
-        views.add(app, self.stubs, self.models, self.settings.view_part_timeout_seconds)
+        cache = views.ViewCache(self.settings.view_cache_seconds, time.monotonic)
+        views.add(app, self.stubs, self.models, self.settings.view_part_timeout_seconds, cache)
 
         @app.get("/healthz", tags=["health"], summary="Liveness: the process answers")
         async def healthz() -> dict[str, str]:

@@ -26,6 +26,7 @@ from collabnet.supplychain.v1 import supplychain_pb2 as supplychain
 from collabnet_gateway import schemas
 from collabnet_gateway.problems import Problem
 from collabnet_gateway.routes import PROBLEM_RESPONSES
+from collabnet_kit.principal import current_principal
 
 log = structlog.get_logger(__name__)
 
@@ -108,8 +109,49 @@ ACTIVE_STAGES = frozenset(
 )
 
 
-def add(app: FastAPI, stubs: dict[str, Any], models: schemas.Models, deadline: float) -> None:
+class ViewCache:
+    """Composed views kept for a moment, per caller: concurrent requests for the same view share
+    one fan-out, and for ``seconds`` after it the result is served as it is. A degraded view is
+    not kept (the next request tries the missing parts again), nor is a failure.
+
+    What a view shows depends on who asks (initiatives are visible to their stakeholders, reviews
+    to a listing partner), so the caller's partner and party are part of the key.
+    """
+
+    def __init__(self, seconds: float, clock: Callable[[], float], max_entries: int = 10_000) -> None:
+        self.seconds = seconds
+        self.clock = clock
+        self.max_entries = max_entries
+        self._entries: dict[tuple[Any, ...], tuple[float, asyncio.Future[dict[str, Any]]]] = {}
+
+    async def get(self, key: tuple[Any, ...], compute: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+        now = self.clock()
+        entry = self._entries.get(key)
+        if entry is None or (entry[0] <= now and entry[1].done()):
+            if len(self._entries) >= self.max_entries:
+                self._entries = {k: e for k, e in self._entries.items() if e[0] > now or not e[1].done()}
+            # Its own task: a caller that goes away does not take the others' view with it.
+            task = asyncio.ensure_future(compute())
+            entry = (now + self.seconds, task)
+            self._entries[key] = entry
+            task.add_done_callback(lambda done: self._settled(key, done))
+        return await asyncio.shield(entry[1])
+
+    def _settled(self, key: tuple[Any, ...], done: asyncio.Future[dict[str, Any]]) -> None:
+        """Keep a complete view; forget a failed or degraded one at once."""
+        entry = self._entries.get(key)
+        if entry is None or entry[1] is not done:
+            return
+        if done.cancelled() or done.exception() is not None or done.result().get("degraded") or self.seconds <= 0:
+            del self._entries[key]
+
+
+def add(app: FastAPI, stubs: dict[str, Any], models: schemas.Models, deadline: float, cache: ViewCache) -> None:
     """The composed views: a product's page, a party's network, a case with what it is about."""
+
+    def caller() -> tuple[str | None, str | None]:
+        principal = current_principal()
+        return principal.partner_id, principal.party_id
 
     def stub(name: str) -> Any:
         """The service's stub (made when the gateway starts)."""
@@ -197,7 +239,8 @@ def add(app: FastAPI, stubs: dict[str, Any], models: schemas.Models, deadline: f
             "questions": Part(top_questions),
             "initiatives": Part(active_initiatives),
         }
-        return JSONResponse(await compose(parts, deadline))
+        key = ("product_page", *caller(), product_id, reviews_page_size, questions_page_size)
+        return JSONResponse(await cache.get(key, lambda: compose(parts, deadline)))
 
     network_model = model(
         "PartyNetwork",
