@@ -179,6 +179,22 @@ async def test_a_body_that_is_not_json_is_400(shared_stack: Stack) -> None:
     problem(response, 400)
 
 
+async def test_an_action_whose_fields_are_all_optional_needs_no_body(shared_stack: Stack) -> None:
+    partner = await shared_stack.partner()
+    customer = await shared_stack.person()
+    created = await shared_stack.http.post(
+        "/v1/relationships",
+        json={"from_party_id": customer, "to_party_id": partner.id, "type": "customer_of"},
+        headers=partner.auth,
+    )
+    assert created.status_code == 201, created.text
+    ended = await shared_stack.http.post(
+        f"/v1/relationships/{created.json()['relationship_id']}:end", headers=partner.auth
+    )
+    assert ended.status_code == 200, ended.text
+    assert ended.json()["valid_to"]
+
+
 # --- idempotency -----------------------------------------------------------------------------------
 
 

@@ -132,7 +132,14 @@ class RouteBuilder:
             body_model = self.models.of(schemas.message_type(fields[route.body]))
         if body_model is not None:
             parameters.append(
-                inspect.Parameter("body", inspect.Parameter.KEYWORD_ONLY, annotation=body_model, default=Body(...))
+                # Every field is optional in proto3: an action whose fields all come from the path
+                # (``:leave``, ``:accept``) may be posted without a body.
+                inspect.Parameter(
+                    "body",
+                    inspect.Parameter.KEYWORD_ONLY,
+                    annotation=Optional[body_model],  # noqa: UP045
+                    default=Body(None),
+                )
             )
         if route.creates:
             parameters.append(
