@@ -15,6 +15,7 @@ import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,9 +56,20 @@ class PostgresDatabases:
         finally:
             await connection.close()
 
+    def _run(self, statement: str) -> None:
+        """Run ``statement`` to completion, also when called from a running event loop (an async
+        fixture making databases): then in a thread with a loop of its own."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            asyncio.run(self._execute(statement))
+            return
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(lambda: asyncio.run(self._execute(statement))).result()
+
     def create(self) -> str:
         name = f"{self._prefix}_{len(self._created)}"
-        asyncio.run(self._execute(f'CREATE DATABASE "{name}"'))
+        self._run(f'CREATE DATABASE "{name}"')
         self._created.append(name)
         return self._url.set(database=name).render_as_string(hide_password=False)
 
