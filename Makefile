@@ -20,8 +20,16 @@ setup: | $(UV)
 run: setup
 	$(RUN) collabnet up
 
+# Each library and service is tested in a process of its own, as each runs in one; PYTEST_ARGS
+# runs pytest once with those arguments instead.
+TEST_PARTS := libs $(wildcard services/*) tests
+
 test: setup
+ifdef PYTEST_ARGS
 	$(RUN) pytest $(PYTEST_ARGS)
+else
+	status=0; for part in $(TEST_PARTS); do $(RUN) pytest $$part || status=1; done; exit $$status
+endif
 
 lint: setup
 	$(RUN) ruff check .
