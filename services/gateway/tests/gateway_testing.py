@@ -9,7 +9,7 @@ own partners and parties, so they do not see each other's data.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +26,7 @@ from collabnet.identity.v1 import identity_pb2 as identity
 from collabnet.identity.v1.identity_pb2 import PartnerKind
 from collabnet.identity.v1.identity_pb2_grpc import IdentityServiceStub
 from collabnet_community import app as community_app
+from collabnet_gateway import catalog
 from collabnet_gateway.app import Gateway, Settings
 from collabnet_gateway.app import create as create_gateway
 from collabnet_identity import app as identity_app
@@ -84,7 +85,8 @@ class Stack:
     channel: grpc.aio.Channel
     http: httpx.AsyncClient
     spans: InMemorySpanExporter
-    seen: list[tuple[str, str, int]] = field(default_factory=list)
+    # (method, route template) -> the statuses the requests made with ``call`` got from it.
+    exercised: dict[tuple[str, str], set[int]] = field(default_factory=dict)
 
     @property
     def identity(self) -> IdentityServiceAsyncStub:
@@ -130,6 +132,37 @@ class Stack:
 
     async def stop_service(self, name: str) -> None:
         await self.services[name].stop()
+
+
+async def call(
+    stack: Stack,
+    method: str,
+    template: str,
+    *,
+    headers: Mapping[str, str],
+    json: Any = None,
+    params: Mapping[str, Any] | None = None,
+    **path: Any,
+) -> httpx.Response:
+    """One request to the route ``method template``, with ``path`` filling the template; recorded in
+    ``stack.exercised`` for :func:`assert_routes_exercised`."""
+    response = await stack.http.request(
+        method, template.format(**path), headers=dict(headers), json=json, params=dict(params or {})
+    )
+    stack.exercised.setdefault((method, template), set()).add(response.status_code)
+    return response
+
+
+def assert_routes_exercised(stack: Stack, service: str) -> None:
+    """Every route of ``service`` was called with success and with a refusal, and nothing was
+    called that is not a route of the table."""
+    every = {(route.method, route.path) for routes in catalog.ROUTES.values() for route in routes}
+    assert sorted(set(stack.exercised) - every) == []
+    routes = {(route.method, route.path) for route in catalog.ROUTES[service]}
+    succeeded = {key for key, statuses in stack.exercised.items() if any(200 <= s < 300 for s in statuses)}
+    refused = {key for key, statuses in stack.exercised.items() if any(400 <= s < 500 for s in statuses)}
+    assert sorted(routes - succeeded) == []
+    assert sorted(routes - refused) == []
 
 
 @asynccontextmanager

@@ -10,10 +10,9 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_testing import Partner, Stack, unique
+from gateway_testing import Partner, Stack, assert_routes_exercised, call, unique
 
 from collabnet.identity.v1 import identity_pb2 as identity
-from collabnet_gateway import catalog
 from collabnet_kit.testing import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -28,24 +27,6 @@ TEXTS = (
     "Scale builds up quickly here, so descale it every couple of weeks.",
     "The cord is short but the base swivels nicely on the counter top.",
 )
-
-EXERCISED: set[tuple[str, str]] = set()
-"""The (method, path template) of every route this module called."""
-
-
-async def call(
-    stack: Stack,
-    method: str,
-    template: str,
-    *,
-    headers: dict[str, str],
-    body: Any = None,
-    params: Any = None,
-    **path: str,
-) -> httpx.Response:
-    """One request to the gateway, recorded as exercising its route."""
-    EXERCISED.add((method, template))
-    return await stack.http.request(method, template.format(**path), headers=headers, json=body, params=params)
 
 
 def ok(response: httpx.Response, status: int = 200) -> dict[str, Any]:
@@ -85,12 +66,12 @@ class Shop:
 async def register_product(stack: Stack, maker: Partner) -> dict[str, Any]:
     sku = f"KT-{uuid.uuid4().hex[:12]}"
     body = {"sku": sku, "name": unique("Kettle"), "category": "kitchen/kettles", "kind": "finished_good"}
-    return ok(await call(stack, "POST", "/v1/products", headers=maker.auth, body=body), 201)
+    return ok(await call(stack, "POST", "/v1/products", headers=maker.auth, json=body), 201)
 
 
 async def list_product(stack: Stack, retailer: Partner, product_id: str) -> dict[str, Any]:
     body = {"product_id": product_id, "price": {"amount_minor": 4999, "currency_code": "EUR"}, "available": True}
-    return ok(await call(stack, "POST", "/v1/listings", headers=retailer.auth, body=body), 201)
+    return ok(await call(stack, "POST", "/v1/listings", headers=retailer.auth, json=body), 201)
 
 
 async def place_order(stack: Stack, retailer: Partner, customer: str, sku: str) -> dict[str, Any]:
@@ -104,7 +85,7 @@ async def place_order(stack: Stack, retailer: Partner, customer: str, sku: str) 
             "address": {"lines": ["Hauptstr. 1"], "locality": "Berlin", "postal_code": "10115", "region_code": "DE"},
         },
     }
-    return ok(await call(stack, "POST", "/v1/orders", headers=retailer.acting_for(customer), body=body), 201)
+    return ok(await call(stack, "POST", "/v1/orders", headers=retailer.acting_for(customer), json=body), 201)
 
 
 async def known_to_reviews(stack: Stack, partner: Partner, product_id: str) -> None:
@@ -135,7 +116,7 @@ async def submit(
 ) -> httpx.Response:
     through = partner or shop.retailer
     review = {"product_id": shop.product_id, "author_id": author, "rating": rating, "title": title, "body": body}
-    return await call(stack, "POST", "/v1/reviews", headers=through.acting_for(author), body=review)
+    return await call(stack, "POST", "/v1/reviews", headers=through.acting_for(author), json=review)
 
 
 async def review_of(stack: Stack, shop: Shop, author: str, rating: int, body: str) -> dict[str, Any]:
@@ -201,8 +182,8 @@ async def test_a_retried_submission_with_the_same_idempotency_key_returns_the_fi
     shop = await open_shop(shared_stack)
     body = {"product_id": shop.product_id, "author_id": shop.buyer, "rating": 5, "body": TEXTS[0]}
     headers = shop.retailer.acting_for(shop.buyer) | {"Idempotency-Key": f"review-{uuid.uuid4().hex}"}
-    first = ok(await call(shared_stack, "POST", "/v1/reviews", headers=headers, body=body), 201)
-    again = await call(shared_stack, "POST", "/v1/reviews", headers=headers, body=body)
+    first = ok(await call(shared_stack, "POST", "/v1/reviews", headers=headers, json=body), 201)
+    again = await call(shared_stack, "POST", "/v1/reviews", headers=headers, json=body)
     assert ok(again, 201)["review_id"] == first["review_id"]
     assert again.headers["idempotency-replayed"] == "true"
 
@@ -239,7 +220,7 @@ async def test_submitting_invalid_fields_is_400_naming_each_one(
     retailer = await shared_stack.partner(scopes=WRITER)
     author = await shared_stack.person(customer_of=retailer.id)
     body = {"product_id": str(uuid.uuid4()), "author_id": author} | review
-    response = await call(shared_stack, "POST", "/v1/reviews", headers=retailer.acting_for(author), body=body)
+    response = await call(shared_stack, "POST", "/v1/reviews", headers=retailer.acting_for(author), json=body)
     assert fields(problem(response, 400)) == expected
 
 
@@ -247,7 +228,7 @@ async def test_submitting_a_review_is_refused_by_the_rules_of_who_writes_what(sh
     shop = await open_shop(shared_stack)
     review = {"product_id": shop.product_id, "author_id": shop.buyer, "rating": 4, "body": TEXTS[1]}
     # A partner writes only for the party it acts for, and only with the reviews:write scope.
-    as_itself = await call(shared_stack, "POST", "/v1/reviews", headers=shop.retailer.auth, body=review)
+    as_itself = await call(shared_stack, "POST", "/v1/reviews", headers=shop.retailer.auth, json=review)
     assert "written by its author" in problem(as_itself, 403)["detail"]
     reader = await shared_stack.partner()
     reader_customer = await shared_stack.person(customer_of=reader.id)
@@ -256,7 +237,7 @@ async def test_submitting_a_review_is_refused_by_the_rules_of_who_writes_what(sh
         "POST",
         "/v1/reviews",
         headers=reader.acting_for(reader_customer),
-        body=review | {"author_id": reader_customer},
+        json=review | {"author_id": reader_customer},
     )
     assert "reviews:write" in problem(no_scope, 403)["detail"]
     # An unknown product is 404; a second review of the same product is 409 naming the first.
@@ -265,7 +246,7 @@ async def test_submitting_a_review_is_refused_by_the_rules_of_who_writes_what(sh
         "POST",
         "/v1/reviews",
         headers=shop.retailer.acting_for(shop.buyer),
-        body=review | {"product_id": str(uuid.uuid4())},
+        json=review | {"product_id": str(uuid.uuid4())},
     )
     problem(unknown, 404)
     first = await review_of(shared_stack, shop, shop.buyer, 4, TEXTS[1])
@@ -381,7 +362,7 @@ async def test_the_author_revises_a_review_as_a_dated_new_version(shared_stack: 
             "POST",
             "/v1/reviews/{review_id}:revise",
             headers=shop.retailer.acting_for(shop.buyer),
-            body={"rating": 4, "title": "Better after the fix", "body": TEXTS[1]},
+            json={"rating": 4, "title": "Better after the fix", "body": TEXTS[1]},
             review_id=review["review_id"],
         )
     )
@@ -402,19 +383,19 @@ async def test_revising_is_for_the_author_with_valid_words_and_not_after_withdra
     words = {"rating": 5, "body": TEXTS[0]}
     other = await shared_stack.person(customer_of=shop.retailer.id)
     by_other = await call(
-        shared_stack, "POST", path, headers=shop.retailer.acting_for(other), body=words, review_id=review["review_id"]
+        shared_stack, "POST", path, headers=shop.retailer.acting_for(other), json=words, review_id=review["review_id"]
     )
     assert "only the author" in problem(by_other, 403)["detail"]
     as_author = shop.retailer.acting_for(shop.buyer)
     invalid = await call(
-        shared_stack, "POST", path, headers=as_author, body={"rating": 0, "body": " "}, review_id=review["review_id"]
+        shared_stack, "POST", path, headers=as_author, json={"rating": 0, "body": " "}, review_id=review["review_id"]
     )
     assert fields(problem(invalid, 400)) == {"rating", "body"}
-    problem(await call(shared_stack, "POST", path, headers=as_author, body=words, review_id=str(uuid.uuid4())), 404)
+    problem(await call(shared_stack, "POST", path, headers=as_author, json=words, review_id=str(uuid.uuid4())), 404)
     await call(
         shared_stack, "POST", "/v1/reviews/{review_id}:withdraw", headers=as_author, review_id=review["review_id"]
     )
-    after = await call(shared_stack, "POST", path, headers=as_author, body=words, review_id=review["review_id"])
+    after = await call(shared_stack, "POST", path, headers=as_author, json=words, review_id=review["review_id"])
     assert "withdrawn" in problem(after, 422)["detail"]
 
 
@@ -466,7 +447,7 @@ async def test_the_maker_and_the_retailer_respond_and_edit_their_responses(share
             "POST",
             path,
             headers=shop.maker.auth,
-            body={"body": "Sorry about the scale: a filter is on its way."},
+            json={"body": "Sorry about the scale: a filter is on its way."},
             review_id=review["review_id"],
         )
     )
@@ -477,7 +458,7 @@ async def test_the_maker_and_the_retailer_respond_and_edit_their_responses(share
             "POST",
             path,
             headers=shop.maker.auth,
-            body={"body": "A free filter is on its way to you."},
+            json={"body": "A free filter is on its way to you."},
             review_id=review["review_id"],
         )
     )
@@ -491,7 +472,7 @@ async def test_the_maker_and_the_retailer_respond_and_edit_their_responses(share
             "POST",
             path,
             headers=shop.retailer.auth,
-            body={"body": "We can swap it in store."},
+            json={"body": "We can swap it in store."},
             review_id=review["review_id"],
         )
         return response.json() if response.status_code == 200 else None
@@ -510,14 +491,14 @@ async def test_responding_is_for_makers_and_sellers_with_a_body(shared_stack: St
     path = "/v1/reviews/{review_id}:respond"
     unrelated = await shared_stack.partner(scopes=WRITER)
     refused = await call(
-        shared_stack, "POST", path, headers=unrelated.auth, body={"body": "Buy ours"}, review_id=review["review_id"]
+        shared_stack, "POST", path, headers=unrelated.auth, json={"body": "Buy ours"}, review_id=review["review_id"]
     )
     assert "makes or sells" in problem(refused, 403)["detail"]
     empty = await call(
-        shared_stack, "POST", path, headers=shop.maker.auth, body={"body": "  "}, review_id=review["review_id"]
+        shared_stack, "POST", path, headers=shop.maker.auth, json={"body": "  "}, review_id=review["review_id"]
     )
     assert fields(problem(empty, 400)) == {"body"}
-    unknown = await call(shared_stack, "POST", path, headers=shop.maker.auth, body={"body": "Hi"}, review_id="nope")
+    unknown = await call(shared_stack, "POST", path, headers=shop.maker.auth, json={"body": "Hi"}, review_id="nope")
     problem(unknown, 404)
     assert ok(await get_review(shared_stack, review["review_id"], shop.maker.auth))["responses"] == []
 
@@ -531,12 +512,12 @@ async def test_another_customer_votes_a_review_helpful_changes_and_takes_back_th
     counts = []
     for vote in ("helpful", "not_helpful", "none"):
         voted = ok(
-            await call(shared_stack, "POST", path, headers=headers, body={"vote": vote}, review_id=review["review_id"])
+            await call(shared_stack, "POST", path, headers=headers, json={"vote": vote}, review_id=review["review_id"])
         )
         assert (voted["voter_id"], voted["vote"]) == (reader, vote)
         counts.append((voted["helpful_votes"], voted["unhelpful_votes"]))
     assert counts == [(1, 0), (0, 1), (0, 0)]
-    ok(await call(shared_stack, "POST", path, headers=headers, body={"vote": "helpful"}, review_id=review["review_id"]))
+    ok(await call(shared_stack, "POST", path, headers=headers, json={"vote": "helpful"}, review_id=review["review_id"]))
     shown = ok(await get_review(shared_stack, review["review_id"], shop.maker.auth))
     assert (shown["helpful_votes"], shown["unhelpful_votes"]) == (1, 0)
 
@@ -550,15 +531,15 @@ async def test_voting_is_refused_for_the_author_a_withdrawn_review_and_an_unknow
         "POST",
         path,
         headers=shop.retailer.acting_for(shop.buyer),
-        body={"vote": "helpful"},
+        json={"vote": "helpful"},
         review_id=review["review_id"],
     )
     assert "own review" in problem(own, 422)["detail"]
     reader = await shared_stack.person(customer_of=shop.retailer.id)
     headers = shop.retailer.acting_for(reader)
-    bad = await call(shared_stack, "POST", path, headers=headers, body={"vote": "love"}, review_id=review["review_id"])
+    bad = await call(shared_stack, "POST", path, headers=headers, json={"vote": "love"}, review_id=review["review_id"])
     assert fields(problem(bad, 400)) == {"vote"}
-    missing = await call(shared_stack, "POST", path, headers=headers, body={}, review_id=review["review_id"])
+    missing = await call(shared_stack, "POST", path, headers=headers, json={}, review_id=review["review_id"])
     assert fields(problem(missing, 400)) == {"vote"}
     await call(
         shared_stack,
@@ -568,7 +549,7 @@ async def test_voting_is_refused_for_the_author_a_withdrawn_review_and_an_unknow
         review_id=review["review_id"],
     )
     late = await call(
-        shared_stack, "POST", path, headers=headers, body={"vote": "helpful"}, review_id=review["review_id"]
+        shared_stack, "POST", path, headers=headers, json={"vote": "helpful"}, review_id=review["review_id"]
     )
     assert "withdrawn" in problem(late, 422)["detail"]
 
@@ -586,7 +567,7 @@ async def test_the_channels_moderator_rejects_citing_a_rule_and_publishes_again(
             "POST",
             path,
             headers=shop.retailer.auth,
-            body={"decision": "reject", "reasons": ["off_topic"], "note": "About the shop's parking, not the kettle"},
+            json={"decision": "reject", "reasons": ["off_topic"], "note": "About the shop's parking, not the kettle"},
             review_id=review["review_id"],
         )
     )
@@ -606,7 +587,7 @@ async def test_the_channels_moderator_rejects_citing_a_rule_and_publishes_again(
             "POST",
             path,
             headers=shop.retailer.auth,
-            body={"decision": "publish"},
+            json={"decision": "publish"},
             review_id=review["review_id"],
         )
     )
@@ -623,24 +604,24 @@ async def test_moderating_is_for_the_channel_with_a_rule_and_a_note(shared_stack
         "POST",
         path,
         headers=shop.retailer.auth,
-        body={"decision": "reject"},
+        json={"decision": "reject"},
         review_id=review["review_id"],
     )
     assert fields(problem(no_rule, 400)) == {"reasons", "note"}
     no_decision = await call(
-        shared_stack, "POST", path, headers=shop.retailer.auth, body={}, review_id=review["review_id"]
+        shared_stack, "POST", path, headers=shop.retailer.auth, json={}, review_id=review["review_id"]
     )
     assert fields(problem(no_decision, 400)) == {"decision"}
     # A moderator of another channel (even one selling the product) has a stake and does not moderate.
     other = await shared_stack.partner(scopes=MODERATOR)
     reject = {"decision": "reject", "reasons": ["spam"], "note": "Looks paid for"}
-    by_other = await call(shared_stack, "POST", path, headers=other.auth, body=reject, review_id=review["review_id"])
+    by_other = await call(shared_stack, "POST", path, headers=other.auth, json=reject, review_id=review["review_id"])
     assert "moderated by the partner they came through" in problem(by_other, 403)["detail"]
     by_maker = await call(
-        shared_stack, "POST", path, headers=shop.maker.auth, body=reject, review_id=review["review_id"]
+        shared_stack, "POST", path, headers=shop.maker.auth, json=reject, review_id=review["review_id"]
     )
     assert "reviews:moderate" in problem(by_maker, 403)["detail"]
-    unknown = await call(shared_stack, "POST", path, headers=shop.retailer.auth, body=reject, review_id="nope")
+    unknown = await call(shared_stack, "POST", path, headers=shop.retailer.auth, json=reject, review_id="nope")
     problem(unknown, 404)
     await call(
         shared_stack,
@@ -650,7 +631,7 @@ async def test_moderating_is_for_the_channel_with_a_rule_and_a_note(shared_stack
         review_id=review["review_id"],
     )
     withdrawn = await call(
-        shared_stack, "POST", path, headers=shop.retailer.auth, body=reject, review_id=review["review_id"]
+        shared_stack, "POST", path, headers=shop.retailer.auth, json=reject, review_id=review["review_id"]
     )
     problem(withdrawn, 422)
 
@@ -715,7 +696,7 @@ async def test_a_retailer_keeps_its_reviews_on_its_own_listings(shared_stack: St
             "PUT",
             "/v1/syndication-policies",
             headers=shop.retailer.auth,
-            body={"partner_id": shop.retailer.id, "opt_out": True},
+            json={"partner_id": shop.retailer.id, "opt_out": True},
         )
     )
     assert (updated["partner_id"], updated["opt_out"]) == (shop.retailer.id, True)
@@ -732,13 +713,13 @@ async def test_a_syndication_policy_is_changed_only_by_its_partner(shared_stack:
     intruder = await shared_stack.partner()
     path = "/v1/syndication-policies"
     refused = await call(
-        shared_stack, "PUT", path, headers=intruder.auth, body={"partner_id": owner.id, "opt_out": True}
+        shared_stack, "PUT", path, headers=intruder.auth, json={"partner_id": owner.id, "opt_out": True}
     )
     assert owner.id in problem(refused, 403)["detail"]
-    unnamed = await call(shared_stack, "PUT", path, headers=owner.auth, body={"opt_out": True})
+    unnamed = await call(shared_stack, "PUT", path, headers=owner.auth, json={"opt_out": True})
     assert fields(problem(unnamed, 400)) == {"policy.partner_id"}
     ill_typed = await call(
-        shared_stack, "PUT", path, headers=owner.auth, body={"partner_id": owner.id, "opt_out": "sometimes"}
+        shared_stack, "PUT", path, headers=owner.auth, json={"partner_id": owner.id, "opt_out": "sometimes"}
     )
     assert fields(problem(ill_typed, 400)) == {"policy.opt_out"}
     unsigned = await call(shared_stack, "GET", "/v1/syndication-policies/{partner_id}", headers={}, partner_id=owner.id)
@@ -754,6 +735,6 @@ async def test_a_syndication_policy_is_changed_only_by_its_partner(shared_stack:
 # --- coverage ---------------------------------------------------------------------------------------
 
 
-async def test_every_reviews_route_was_exercised() -> None:
-    routes = {(route.method, route.path) for route in catalog.ROUTES["reviews"]}
-    assert routes - EXERCISED == set()
+async def test_every_reviews_route_was_exercised_on_success_and_on_error(shared_stack: Stack) -> None:
+    """Runs last: the tests above called every route of reviews, each with success and with a refusal."""
+    assert_routes_exercised(shared_stack, "reviews")
