@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import uuid
 from collections.abc import Collection, Iterable
 from datetime import UTC, datetime, timedelta
@@ -19,6 +17,7 @@ from collabnet_identity.domain import Viewer
 from collabnet_kit.db import Database
 from collabnet_kit.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from collabnet_kit.outbox import record
+from collabnet_kit.paging import decode_cursor, encode_cursor
 from collabnet_kit.principal import Principal, current_principal
 
 SOURCE = "identity"
@@ -153,22 +152,6 @@ def decision_proto(decision: domain.Decision) -> identity_pb2.Decision:
     return identity_pb2.Decision(
         allowed=decision.allowed, reason=decision.reason, relationship_id=decision.relationship_id
     )
-
-
-def encode_cursor(*values: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode()
-
-
-def decode_cursor(token: str, size: int) -> list[str] | None:
-    if not token:
-        return None
-    try:
-        values = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (ValueError, json.JSONDecodeError):
-        raise InvalidArgument.field("page_token", "is not a token this service issued") from None
-    if not isinstance(values, list) or len(values) != size or not all(isinstance(v, str) for v in values):
-        raise InvalidArgument.field("page_token", "is not a token this service issued")
-    return values
 
 
 def require(value: str, field_name: str) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import math
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -32,6 +30,7 @@ from collabnet_improvement.domain import (
     Stage,
 )
 from collabnet_improvement.events import timestamp
+from collabnet_kit import paging
 from collabnet_kit.errors import InvalidArgument
 
 K = TypeVar("K")
@@ -223,22 +222,20 @@ def mask_paths(mask: Any, allowed: tuple[str, ...], *, default_all: bool) -> lis
 
 
 def encode_cursor(at: datetime, ident_: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([at.isoformat(), ident_]).encode()).decode()
+    return paging.encode_cursor(at.isoformat(), ident_)
 
 
 def decode_cursor(token: str) -> tuple[datetime, str] | None:
-    if not token:
+    values = paging.decode_cursor(token, 2)
+    if values is None:
         return None
     try:
-        values = json.loads(base64.urlsafe_b64decode(token.encode()))
-        if not isinstance(values, list) or len(values) != 2 or not all(isinstance(v, str) for v in values):
-            raise ValueError(token)
         at = datetime.fromisoformat(values[0])
-        if at.tzinfo is None:
-            raise ValueError(token)
-        return at, values[1]
-    except (ValueError, json.JSONDecodeError):
-        raise InvalidArgument.field("page_token", "is not a token this service issued") from None
+    except ValueError:
+        at = None
+    if at is None or at.tzinfo is None:
+        raise InvalidArgument.field("page_token", "is not a token this service issued")
+    return at, values[1]
 
 
 def next_token(rows: list[Any], size: int, at: str, id_: str = "id") -> str:

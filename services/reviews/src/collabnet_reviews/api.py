@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import uuid
 from collections.abc import Collection, Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -16,6 +14,7 @@ from collabnet.reviews.v1 import events_pb2, reviews_pb2, reviews_pb2_grpc
 from collabnet_kit.db import Database
 from collabnet_kit.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from collabnet_kit.outbox import record
+from collabnet_kit.paging import decode_cursor, encode_cursor
 from collabnet_kit.principal import Principal, current_principal
 from collabnet_reviews import domain, store
 from collabnet_reviews.affiliations import Affiliations
@@ -75,22 +74,6 @@ def require(value: str, field_name: str) -> str:
     if not value:
         raise InvalidArgument.field(field_name, "is required")
     return value
-
-
-def encode_cursor(*values: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode()
-
-
-def decode_cursor(token: str, size: int) -> list[str] | None:
-    if not token:
-        return None
-    try:
-        values = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (ValueError, json.JSONDecodeError):
-        raise InvalidArgument.field("page_token", "is not a token this service issued") from None
-    if not isinstance(values, list) or len(values) != size or not all(isinstance(v, str) for v in values):
-        raise InvalidArgument.field("page_token", "is not a token this service issued")
-    return values
 
 
 def moderator_of(principal: Principal) -> str:

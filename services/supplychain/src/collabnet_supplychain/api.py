@@ -14,6 +14,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from collabnet.supplychain.v1 import events_pb2, supplychain_pb2_grpc
 from collabnet.supplychain.v1 import supplychain_pb2 as pb
+from collabnet_kit import paging
 from collabnet_kit.db import Database
 from collabnet_kit.errors import (
     AlreadyExists,
@@ -142,13 +143,13 @@ class SupplyChainApi(supplychain_pb2_grpc.SupplyChainServiceServicer):
     async def ListProducts(self, request: pb.ListProductsRequest, context: Any) -> pb.ListProductsResponse:
         current_principal()
         size = domain.page_size(request.page_size)
-        after = convert.decode_cursor(request.page_token, 1)
+        after = paging.decode_cursor(request.page_token, 1)
         async with self.db.read() as session:
             rows = await store.list_products(
                 session, request.maker_id, request.category, request.sku, after[0] if after else None, size + 1
             )
         page = rows[:size]
-        token = convert.encode_cursor(page[-1].id) if len(rows) > size else ""
+        token = paging.encode_cursor(page[-1].id) if len(rows) > size else ""
         return pb.ListProductsResponse(products=[convert.product(r) for r in page], next_page_token=token)
 
     async def ReviseProduct(self, request: pb.ReviseProductRequest, context: Any) -> pb.Product:
@@ -225,7 +226,7 @@ class SupplyChainApi(supplychain_pb2_grpc.SupplyChainServiceServicer):
                 session, request.product_id, maker, status.value if status else None, after, size + 1
             )
         page = rows[:size]
-        token = convert.encode_cursor(page[-1].received_at.isoformat(), page[-1].id) if len(rows) > size else ""
+        token = paging.encode_cursor(page[-1].received_at.isoformat(), page[-1].id) if len(rows) > size else ""
         return pb.ListRevisionProposalsResponse(proposals=[convert.proposal(r) for r in page], next_page_token=token)
 
     async def ConfirmRevisionProposal(
@@ -478,7 +479,7 @@ class SupplyChainApi(supplychain_pb2_grpc.SupplyChainServiceServicer):
     async def ListListings(self, request: pb.ListListingsRequest, context: Any) -> pb.ListListingsResponse:
         current_principal()
         size = domain.page_size(request.page_size)
-        after = convert.decode_cursor(request.page_token, 1)
+        after = paging.decode_cursor(request.page_token, 1)
         async with self.db.read() as session:
             rows = await store.list_listings(
                 session,
@@ -489,7 +490,7 @@ class SupplyChainApi(supplychain_pb2_grpc.SupplyChainServiceServicer):
                 size + 1,
             )
         page = rows[:size]
-        token = convert.encode_cursor(page[-1].id) if len(rows) > size else ""
+        token = paging.encode_cursor(page[-1].id) if len(rows) > size else ""
         return pb.ListListingsResponse(listings=[convert.listing(r) for r in page], next_page_token=token)
 
     # --- orders ------------------------------------------------------------------------------------
@@ -682,7 +683,7 @@ class SupplyChainApi(supplychain_pb2_grpc.SupplyChainServiceServicer):
             bundles = await order_bundles(session, rows[:size])
         token = ""
         if len(rows) > size:
-            token = convert.encode_cursor(bundles[-1].row.placed_at.isoformat(), bundles[-1].row.id)
+            token = paging.encode_cursor(bundles[-1].row.placed_at.isoformat(), bundles[-1].row.id)
         return pb.ListOrdersResponse(orders=await self._messages(principal, bundles), next_page_token=token)
 
     async def ConfirmOrder(self, request: pb.ConfirmOrderRequest, context: Any) -> pb.Order:
@@ -860,7 +861,7 @@ class SupplyChainApi(supplychain_pb2_grpc.SupplyChainServiceServicer):
     async def ListLots(self, request: pb.ListLotsRequest, context: Any) -> pb.ListLotsResponse:
         principal = current_principal()
         size = domain.page_size(request.page_size)
-        after = convert.decode_cursor(request.page_token, 1)
+        after = paging.decode_cursor(request.page_token, 1)
         status = convert.LOT_STATUS_IN.get(request.status) if request.status else None
         async with self.db.read() as session:
             rows = await store.list_lots(
@@ -874,7 +875,7 @@ class SupplyChainApi(supplychain_pb2_grpc.SupplyChainServiceServicer):
             )
             page = rows[:size]
             inputs = await store.lot_inputs(session, [r.id for r in page])
-        token = convert.encode_cursor(page[-1].id) if len(rows) > size else ""
+        token = paging.encode_cursor(page[-1].id) if len(rows) > size else ""
         return pb.ListLotsResponse(lots=[convert.lot(r, inputs[r.id]) for r in page], next_page_token=token)
 
     async def UpdateLotStatus(self, request: pb.UpdateLotStatusRequest, context: Any) -> pb.Lot:
@@ -1039,7 +1040,7 @@ class SupplyChainApi(supplychain_pb2_grpc.SupplyChainServiceServicer):
     async def ListShipments(self, request: pb.ListShipmentsRequest, context: Any) -> pb.ListShipmentsResponse:
         principal = current_principal()
         size = domain.page_size(request.page_size)
-        after = convert.decode_cursor(request.page_token, 1)
+        after = paging.decode_cursor(request.page_token, 1)
         parties = None if principal.service is not None else domain.acting_parties(principal)
         async with self.db.read() as session:
             rows = await store.list_shipments(
@@ -1047,7 +1048,7 @@ class SupplyChainApi(supplychain_pb2_grpc.SupplyChainServiceServicer):
             )
             page = rows[:size]
             shipments = [await self._shipment_in(session, r) for r in page]
-        token = convert.encode_cursor(page[-1].id) if len(rows) > size else ""
+        token = paging.encode_cursor(page[-1].id) if len(rows) > size else ""
         return pb.ListShipmentsResponse(shipments=shipments, next_page_token=token)
 
     async def RecordLegEvent(self, request: pb.RecordLegEventRequest, context: Any) -> pb.Shipment:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -14,6 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from collabnet.common.v1 import common_pb2
 from collabnet.supplychain.v1 import supplychain_pb2 as pb
 from collabnet_kit.errors import InvalidArgument
+from collabnet_kit.paging import decode_cursor
 from collabnet_kit.principal import Principal
 from collabnet_supplychain import domain, store
 from collabnet_supplychain.domain import LegKind, LegStatus, LotStatus, OrderStatus, ProductKind, ProposalStatus
@@ -93,22 +92,6 @@ def moment(message: Any, field_name: str) -> datetime | None:
 
 def money(currency: str, minor: int) -> common_pb2.Money:
     return common_pb2.Money(currency_code=currency, amount_minor=minor)
-
-
-def encode_cursor(*values: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode()
-
-
-def decode_cursor(token: str, size: int) -> list[str] | None:
-    if not token:
-        return None
-    try:
-        values = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (ValueError, json.JSONDecodeError):
-        raise InvalidArgument.field("page_token", "is not a token this service issued") from None
-    if not isinstance(values, list) or len(values) != size or not all(isinstance(v, str) for v in values):
-        raise InvalidArgument.field("page_token", "is not a token this service issued")
-    return values
 
 
 def time_cursor(token: str) -> tuple[datetime, str] | None:
