@@ -6,11 +6,10 @@ import base64
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.exc import IntegrityError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -23,6 +22,7 @@ from collabnet_kit.db import Database
 from collabnet_kit.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
 from collabnet_kit.outbox import new_event_id, record
 from collabnet_kit.principal import Principal, current_principal
+from collabnet_kit.timestamps import moment, timestamp
 
 SOURCE = "community"
 
@@ -57,20 +57,6 @@ _IDEA_ORDER = {pb.IDEA_ORDER_UNSPECIFIED: "top", pb.IDEA_ORDER_TOP: "top", pb.ID
 
 def new_id() -> str:
     return str(uuid.uuid4())
-
-
-def timestamp(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
-def moment(message: Any, field_name: str) -> datetime | None:
-    if not message.HasField(field_name):
-        return None
-    return getattr(message, field_name).ToDatetime(tzinfo=UTC)  # type: ignore[no-any-return]
 
 
 def require(value: str, field_name: str) -> str:

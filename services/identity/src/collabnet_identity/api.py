@@ -7,7 +7,6 @@ from collections.abc import Collection, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.exc import IntegrityError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -19,6 +18,7 @@ from collabnet_kit.errors import AlreadyExists, FailedPrecondition, InvalidArgum
 from collabnet_kit.outbox import record
 from collabnet_kit.paging import decode_cursor, encode_cursor
 from collabnet_kit.principal import Principal, current_principal
+from collabnet_kit.timestamps import moment, timestamp
 
 SOURCE = "identity"
 LAST_USED_EVERY = timedelta(minutes=1)
@@ -54,21 +54,6 @@ def new_id() -> str:
 
 def now() -> datetime:
     return datetime.now(UTC)
-
-
-def timestamp(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
-def moment(message: Any, field_name: str) -> datetime | None:
-    """A Timestamp field as an aware datetime, or None when unset."""
-    if not message.HasField(field_name):
-        return None
-    return getattr(message, field_name).ToDatetime(tzinfo=UTC)  # type: ignore[no-any-return]
 
 
 def party_proto(row: store.PartyRow, *, partner: bool, contact: bool) -> identity_pb2.Party:

@@ -15,9 +15,9 @@ from collabnet.improvement.v1 import events_pb2 as ev
 from collabnet.improvement.v1 import improvement_pb2 as pb
 from collabnet.improvement.v1 import improvement_pb2_grpc
 from collabnet_improvement import convert, domain, events, store
-from collabnet_improvement.convert import ident, moment, optional_ident
+from collabnet_improvement.convert import ident, optional_ident
 from collabnet_improvement.domain import Actor, CaseAccess, CaseState, Outcome, Stage
-from collabnet_improvement.events import SOURCE, add_entry, new_id, now, timestamp, transition
+from collabnet_improvement.events import SOURCE, add_entry, new_id, now, transition
 from collabnet_kit.db import Database
 from collabnet_kit.errors import (
     AlreadyExists,
@@ -29,6 +29,7 @@ from collabnet_kit.errors import (
 )
 from collabnet_kit.outbox import record
 from collabnet_kit.principal import current_principal
+from collabnet_kit.timestamps import moment, timestamp
 
 _INVESTIGATION_STATES = (CaseState.INVESTIGATING.value, CaseState.RESOLUTION_PROPOSED.value, CaseState.RESOLVED.value)
 _OBJECTIVE_FIELDS = ("description", "target", "forecast", "due_time")

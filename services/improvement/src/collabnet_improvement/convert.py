@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from google.protobuf.duration_pb2 import Duration
@@ -29,9 +29,9 @@ from collabnet_improvement.domain import (
     ScarStatus,
     Stage,
 )
-from collabnet_improvement.events import timestamp
 from collabnet_kit import paging
 from collabnet_kit.errors import InvalidArgument
+from collabnet_kit.timestamps import timestamp
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -180,12 +180,6 @@ def ident(value: str, field_name: str) -> str:
 
 def optional_ident(value: str, field_name: str) -> str:
     return ident(value, field_name) if value else ""
-
-
-def moment(message: Any, field_name: str) -> datetime | None:
-    if not message.HasField(field_name):
-        return None
-    return getattr(message, field_name).ToDatetime(tzinfo=UTC)  # type: ignore[no-any-return]
 
 
 def duration(value: timedelta | None) -> Duration | None:

@@ -15,7 +15,6 @@ from typing import Any
 
 import sqlalchemy as sa
 import structlog
-from google.protobuf.timestamp_pb2 import Timestamp
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -28,6 +27,7 @@ from collabnet_improvement.domain import CaseState, MetricKind, Outcome
 from collabnet_kit.bus import Envelope
 from collabnet_kit.db import Database
 from collabnet_kit.outbox import record
+from collabnet_kit.timestamps import timestamp
 
 SOURCE = "improvement"
 SYSTEM = "system"
@@ -47,14 +47,6 @@ def new_id() -> str:
 
 def now() -> datetime:
     return datetime.now(UTC)
-
-
-def timestamp(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 def outcome_proto(outcome: str) -> ours.CaseOutcome.ValueType:

@@ -16,10 +16,11 @@ from collabnet_kit.errors import Aborted, AlreadyExists, FailedPrecondition, Inv
 from collabnet_kit.outbox import record
 from collabnet_kit.paging import decode_cursor, encode_cursor
 from collabnet_kit.principal import Principal, current_principal
+from collabnet_kit.timestamps import timestamp
 from collabnet_reviews import domain, store
 from collabnet_reviews.affiliations import Affiliations
 from collabnet_reviews.domain import Reason, Sort, Stats, Status, Vote, Words
-from collabnet_reviews.events import SOURCE, Before, Prior, disclosure_event, settle, timestamp
+from collabnet_reviews.events import SOURCE, Before, Prior, disclosure_event, settle
 from collabnet_reviews.store import ModerationRow, ReviewRow, ReviewVersionRow
 
 _STATUS_TO_PROTO = {

@@ -16,13 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from collabnet.reviews.v1 import events_pb2
 from collabnet.supplychain.v1 import events_pb2 as supplychain
 from collabnet_kit.bus import Envelope
 from collabnet_kit.outbox import record
+from collabnet_kit.timestamps import timestamp
 from collabnet_reviews import domain, store
 from collabnet_reviews.domain import Counted, Status
 from collabnet_reviews.store import ReviewRow
@@ -36,14 +36,6 @@ class Prior:
 
     mean: float = 3.0
     weight: float = 5.0
-
-
-def timestamp(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 def disclosure_event(row: ReviewRow, syndicated_from: str = "") -> events_pb2.Disclosure:

@@ -26,8 +26,9 @@ from collabnet_kit.errors import (
 )
 from collabnet_kit.outbox import record
 from collabnet_kit.principal import Principal, current_principal
+from collabnet_kit.timestamps import moment, timestamp
 from collabnet_supplychain import convert, domain, store, trace
-from collabnet_supplychain.convert import actor, moment, new_id, now, timestamp
+from collabnet_supplychain.convert import actor, new_id, now
 from collabnet_supplychain.domain import Access, LegStatus, LotStatus, OrderStatus, ProposalStatus, require
 from collabnet_supplychain.parties import IdentityUnavailable, Parties
 from collabnet_supplychain.recalls import Recalls

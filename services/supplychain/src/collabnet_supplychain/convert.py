@@ -5,15 +5,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
-
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from collabnet.common.v1 import common_pb2
 from collabnet.supplychain.v1 import supplychain_pb2 as pb
 from collabnet_kit.errors import InvalidArgument
 from collabnet_kit.paging import decode_cursor
 from collabnet_kit.principal import Principal
+from collabnet_kit.timestamps import timestamp
 from collabnet_supplychain import domain, store
 from collabnet_supplychain.domain import LegKind, LegStatus, LotStatus, OrderStatus, ProductKind, ProposalStatus
 
@@ -73,21 +71,6 @@ def now() -> datetime:
 def actor(principal: Principal) -> str:
     """Who did something, as recorded: the partner's id, or ``service:<name>``."""
     return principal.partner_id or f"service:{principal.service}"
-
-
-def timestamp(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
-def moment(message: Any, field_name: str) -> datetime | None:
-    """A Timestamp field as an aware datetime, or None when unset."""
-    if not message.HasField(field_name):
-        return None
-    return getattr(message, field_name).ToDatetime(tzinfo=UTC)  # type: ignore[no-any-return]
 
 
 def money(currency: str, minor: int) -> common_pb2.Money:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from collabnet.supplychain.v1 import supplychain_pb2 as pb
+from collabnet_kit.timestamps import timestamp
 from collabnet_supplychain import convert, domain, store
 from collabnet_supplychain.domain import LegKind, LegStatus, LotStatus, OrderStatus, ProductKind
 
@@ -251,7 +252,7 @@ def traced_lot(lot: store.LotRow, product: store.ProductRow, legs: list[tuple[st
         revision=lot.revision,
         producer_id=lot.producer_id,
         status=convert.LOT_STATUS[LotStatus(lot.status)],
-        produce_time=convert.timestamp(lot.produced_at),
+        produce_time=timestamp(lot.produced_at),
         shipments=[
             pb.TracedLeg(
                 shipment_id=leg.shipment_id,
@@ -262,7 +263,7 @@ def traced_lot(lot: store.LotRow, product: store.ProductRow, legs: list[tuple[st
                 carrier_id=leg.carrier_id,
                 status=convert.LEG_STATUS[LegStatus(leg.status)],
                 quantity=quantity,
-                update_time=convert.timestamp(leg.updated_at),
+                update_time=timestamp(leg.updated_at),
             )
             for leg, quantity in legs
         ],
@@ -274,8 +275,8 @@ def traced_order(order: store.OrderRow, customer: bool) -> pb.TracedOrder:
         order_id=order.id,
         retailer_id=order.retailer_id,
         status=convert.ORDER_STATUS[OrderStatus(order.status)],
-        place_time=convert.timestamp(order.placed_at),
-        deliver_time=convert.timestamp(order.delivered_at),
+        place_time=timestamp(order.placed_at),
+        deliver_time=timestamp(order.delivered_at),
     )
     if customer:
         message.customer_id = order.customer_id
