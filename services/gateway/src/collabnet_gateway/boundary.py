@@ -12,7 +12,6 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
@@ -63,6 +62,10 @@ class Boundary:
         self.max_body = max_body_bytes
 
     def _route(self, scope: Scope) -> str:
+        """The route template a request matches; the router records it in the scope as it routes
+        (so this scans the routes only for requests refused before they reach it)."""
+        if "route" in scope:
+            return str(getattr(scope["route"], "path", scope["path"]))
         for route in self.router.routes:
             match, _ = route.matches(scope)
             if match is Match.FULL:
@@ -104,7 +107,8 @@ class Boundary:
         attributes: dict[str, Any] = {
             "http.request.method": scope["method"],
             "url.path": scope["path"],
-            "http.route": self._route(scope),
+            # Refused requests never reach the router: their route is found here; the others' once routed.
+            "http.route": self._route(scope) if problem is not None else scope["path"],
             "url.scheme": scope.get("scheme", "http"),
             "user_agent.original": headers.get("user-agent", ""),
         }
@@ -142,6 +146,10 @@ class Boundary:
                     except BodyTooLarge:
                         too_large = Problem(413, f"the request body is larger than {self.max_body} bytes")
                         await problems.response(too_large, scope["path"])(scope, receive, send_with_trace)
+            route = self._route(scope)
+            if route != attributes["http.route"]:
+                span.set_attribute("http.route", route)
+                span.update_name(f"{scope['method']} {route}")
             span.set_attribute("http.response.status_code", status)
             if status >= 500:
                 span.set_status(Status(StatusCode.ERROR))
@@ -178,7 +186,3 @@ class Boundary:
             return message
 
         return bounded
-
-
-def detach_current(token: object) -> None:
-    otel_context.detach(token)  # type: ignore[arg-type]
