@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -311,6 +311,23 @@ def chunked(ids: Iterable[str], size: int = IN_CHUNK) -> Iterable[list[str]]:
         yield batch
 
 
+R = TypeVar("R", bound=SQLModel)
+
+
+async def grouped(
+    session: AsyncSession, table: type[R], column: Any, keys: Collection[str], order: Callable[[R], Any]
+) -> dict[str, list[R]]:
+    """The rows of ``table`` whose ``column`` is one of ``keys``, by key (every key present), each
+    list sorted by ``order``; fetched in batches of ids."""
+    found: dict[str, list[R]] = {key: [] for key in keys}
+    for batch in chunked(sorted(set(keys))):
+        for row in (await session.exec(select(table).where(among(session, column, batch)))).all():
+            found[getattr(row, column.key)].append(row)
+    for rows in found.values():
+        rows.sort(key=order)
+    return found
+
+
 async def lock_boms(session: AsyncSession) -> None:
     """Serialize bill-of-materials changes (PostgreSQL; SQLite's single writer does it already)."""
     if is_postgres(session):
@@ -488,25 +505,13 @@ async def order_by_key(session: AsyncSession, customer_id: str, key: str) -> Ord
 
 
 async def order_lines(session: AsyncSession, order_ids: Collection[str]) -> dict[str, list[OrderLineRow]]:
-    found: dict[str, list[OrderLineRow]] = {o: [] for o in order_ids}
-    for batch in chunked(sorted(set(order_ids))):
-        query = select(OrderLineRow).where(among(session, col(OrderLineRow.order_id), batch))
-        for row in (await session.exec(query)).all():
-            found[row.order_id].append(row)
-    for lines in found.values():
-        lines.sort(key=lambda r: r.line_number)
-    return found
+    return await grouped(session, OrderLineRow, col(OrderLineRow.order_id), order_ids, lambda r: r.line_number)
 
 
 async def allocations(session: AsyncSession, order_ids: Collection[str]) -> dict[str, list[AllocationRow]]:
-    found: dict[str, list[AllocationRow]] = {o: [] for o in order_ids}
-    for batch in chunked(sorted(set(order_ids))):
-        query = select(AllocationRow).where(among(session, col(AllocationRow.order_id), batch))
-        for row in (await session.exec(query)).all():
-            found[row.order_id].append(row)
-    for rows in found.values():
-        rows.sort(key=lambda r: (r.line_number, r.lot_id))
-    return found
+    return await grouped(
+        session, AllocationRow, col(AllocationRow.order_id), order_ids, lambda r: (r.line_number, r.lot_id)
+    )
 
 
 async def shipment_ids_of_orders(session: AsyncSession, order_ids: Collection[str]) -> dict[str, str]:
@@ -592,14 +597,7 @@ async def lot_by_code(session: AsyncSession, product_id: str, code: str) -> LotR
 
 
 async def lot_inputs(session: AsyncSession, lot_ids: Collection[str]) -> dict[str, list[LotInputRow]]:
-    found: dict[str, list[LotInputRow]] = {lot_id: [] for lot_id in lot_ids}
-    for batch in chunked(sorted(set(lot_ids))):
-        query = select(LotInputRow).where(among(session, col(LotInputRow.lot_id), batch))
-        for row in (await session.exec(query)).all():
-            found[row.lot_id].append(row)
-    for rows in found.values():
-        rows.sort(key=lambda r: r.input_lot_id)
-    return found
+    return await grouped(session, LotInputRow, col(LotInputRow.lot_id), lot_ids, lambda r: r.input_lot_id)
 
 
 async def list_lots(
@@ -787,36 +785,15 @@ async def leg(session: AsyncSession, leg_id: str, *, lock: bool = False) -> LegR
 
 
 async def legs_of(session: AsyncSession, shipment_ids: Collection[str]) -> dict[str, list[LegRow]]:
-    found: dict[str, list[LegRow]] = {s: [] for s in shipment_ids}
-    for batch in chunked(sorted(set(shipment_ids))):
-        query = select(LegRow).where(among(session, col(LegRow.shipment_id), batch))
-        for row in (await session.exec(query)).all():
-            found[row.shipment_id].append(row)
-    for legs in found.values():
-        legs.sort(key=lambda r: r.sequence)
-    return found
+    return await grouped(session, LegRow, col(LegRow.shipment_id), shipment_ids, lambda r: r.sequence)
 
 
 async def leg_lots(session: AsyncSession, leg_ids: Collection[str]) -> dict[str, list[LegLotRow]]:
-    found: dict[str, list[LegLotRow]] = {leg_id: [] for leg_id in leg_ids}
-    for batch in chunked(sorted(set(leg_ids))):
-        query = select(LegLotRow).where(among(session, col(LegLotRow.leg_id), batch))
-        for row in (await session.exec(query)).all():
-            found[row.leg_id].append(row)
-    for rows in found.values():
-        rows.sort(key=lambda r: r.lot_id)
-    return found
+    return await grouped(session, LegLotRow, col(LegLotRow.leg_id), leg_ids, lambda r: r.lot_id)
 
 
 async def leg_events(session: AsyncSession, leg_ids: Collection[str]) -> dict[str, list[LegEventRow]]:
-    found: dict[str, list[LegEventRow]] = {leg_id: [] for leg_id in leg_ids}
-    for batch in chunked(sorted(set(leg_ids))):
-        query = select(LegEventRow).where(among(session, col(LegEventRow.leg_id), batch))
-        for row in (await session.exec(query)).all():
-            found[row.leg_id].append(row)
-    for rows in found.values():
-        rows.sort(key=lambda r: r.seq)
-    return found
+    return await grouped(session, LegEventRow, col(LegEventRow.leg_id), leg_ids, lambda r: r.seq)
 
 
 async def list_shipments(
