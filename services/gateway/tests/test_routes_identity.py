@@ -1098,9 +1098,11 @@ async def test_a_partner_creates_a_key_uses_it_lists_it_and_revokes_it(shared_st
 async def test_creating_an_api_key_is_refused_when_it_breaks_a_rule(
     shared_stack: Stack, case: str, status: int, fields: tuple[str, ...]
 ) -> None:
-    scopes = ("network:admin",) if case == "no keys scope" else ("network:admin", "keys:manage")
+    scopes = {"no keys scope": ("network:admin",), "another partner's": ("keys:manage",)}.get(
+        case, ("network:admin", "keys:manage")
+    )
     partner, other = await asyncio.gather(shared_stack.partner(scopes=scopes), shared_stack.partner())
-    body: dict[str, Any] = {"name": "k", "scopes": ["network:admin"]}
+    body: dict[str, Any] = {"name": "k", "scopes": [scopes[0]]}
     target = other.id if case == "another partner's" else partner.id
     if case == "a scope the creator lacks":
         body["scopes"] = ["reviews:moderate"]
@@ -1114,8 +1116,12 @@ async def test_creating_an_api_key_is_refused_when_it_breaks_a_rule(
     problem(response, status, *fields)
 
 
-async def test_another_partners_keys_are_neither_listed_nor_revoked(shared_stack: Stack) -> None:
-    partner, other = await asyncio.gather(shared_stack.partner(), shared_stack.partner())
+async def test_another_partners_keys_are_neither_listed_nor_revoked_but_by_the_networks_operator(
+    shared_stack: Stack,
+) -> None:
+    partner, other, operator = await asyncio.gather(
+        shared_stack.partner(scopes=("keys:manage",)), shared_stack.partner(), shared_stack.partner()
+    )
     problem(
         await call(
             shared_stack, "GET", "/v1/partners/{partner_id}/api-keys", headers=partner.auth, partner_id=other.id
@@ -1127,6 +1133,19 @@ async def test_another_partners_keys_are_neither_listed_nor_revoked(shared_stack
     problem(await call(shared_stack, "POST", route, headers=partner.auth, api_key_id="no-such-key"), 404)
     # The other partner's key still works.
     assert (await call(shared_stack, "GET", "/v1/partners", headers=other.auth)).status_code == 200
+    # An operator (scope network:admin) lists and revokes it.
+    listed = ok(
+        await call(
+            shared_stack, "GET", "/v1/partners/{partner_id}/api-keys", headers=operator.auth, partner_id=other.id
+        )
+    )
+    assert [key["api_key_id"] for key in listed["api_keys"]] == [other.key_id]
+    ok(await call(shared_stack, "POST", route, headers=operator.auth, api_key_id=other.key_id))
+
+    async def refused() -> bool:
+        return (await call(shared_stack, "GET", "/v1/partners", headers=other.auth)).status_code == 401
+
+    await eventually(refused, timeout=10)
 
 
 # --- authorization -----------------------------------------------------------------------------------------

@@ -116,7 +116,7 @@ async def test_a_partner_may_not_authenticate_api_keys(identity: Identity, netwo
 
 async def test_a_partner_manages_only_its_own_keys(identity: Identity, network: Network) -> None:
     created = await create_key(identity, network.r[0])
-    other = partner(network.r[1])
+    other = partner(network.r[1], scopes=frozenset({"keys:manage", "reviews:write"}))
     await refused(
         identity.CreateApiKey(
             identity_pb2.CreateApiKeyRequest(partner_id=network.r[0], name="sneaky", scopes=["reviews:write"]),
@@ -157,6 +157,31 @@ async def test_creating_a_key_needs_the_keys_manage_scope_and_grants_no_scope_it
     assert violated_fields(error) == ["scopes"]
     listed = await identity.ListApiKeys(identity_pb2.ListApiKeysRequest(partner_id=network.r[0]), metadata=SERVICE)
     assert list(listed.api_keys) == []
+
+
+async def test_the_network_operator_issues_a_joining_partners_first_key_and_may_revoke_it(
+    identity: Identity, network: Network
+) -> None:
+    operator = partner(network.r[1], scopes=frozenset({"network:admin", "keys:manage", "reviews:write"}))
+    issued = await identity.CreateApiKey(
+        identity_pb2.CreateApiKeyRequest(partner_id=network.r[0], name="first key", scopes=["reviews:write"]),
+        metadata=operator,
+    )
+    assert (await authenticate(identity, issued.secret)).partner_id == network.r[0]
+    listed = await identity.ListApiKeys(identity_pb2.ListApiKeysRequest(partner_id=network.r[0]), metadata=operator)
+    assert [k.name for k in listed.api_keys] == ["first key"]
+    error = await refused(
+        identity.CreateApiKey(
+            identity_pb2.CreateApiKeyRequest(partner_id=network.r[0], name="k", scopes=["orders:admin"]),
+            metadata=operator,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert violated_fields(error) == ["scopes"]  # no more than the operator's own scopes
+    await identity.RevokeApiKey(
+        identity_pb2.RevokeApiKeyRequest(api_key_id=issued.api_key.api_key_id), metadata=operator
+    )
+    await refused(authenticate(identity, issued.secret), grpc.StatusCode.UNAUTHENTICATED)
 
 
 @pytest.mark.parametrize(

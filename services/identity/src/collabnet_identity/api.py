@@ -727,7 +727,7 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
         if not name or len(name) > 200:
             raise InvalidArgument.field("name", "must be 1 to 200 characters")
         domain.validate_scopes(request.scopes)
-        domain.require_partner_or_service(principal, partner_id, "the partner's API keys")
+        domain.require_key_manager(principal, partner_id, "the partner's API keys")
         if principal.service is None:
             domain.require_scope(principal, "keys:manage", "creating an API key")
             missing = sorted(set(request.scopes) - principal.scopes)
@@ -753,7 +753,7 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
     ) -> identity_pb2.ListApiKeysResponse:
         principal = current_principal()
         partner_id = require(request.partner_id, "partner_id")
-        domain.require_partner_or_service(principal, partner_id, "the partner's API keys")
+        domain.require_key_manager(principal, partner_id, "the partner's API keys")
         async with self.db.read() as session:
             await store.partner(session, partner_id)
             rows = await store.api_keys(session, partner_id)
@@ -764,7 +764,7 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
         key_id = require(request.api_key_id, "api_key_id")
         async with self.db.transaction() as session:
             row = await store.api_key(session, key_id, lock=True)
-            domain.require_partner_or_service(principal, row.partner_id, "the API key")
+            domain.require_key_manager(principal, row.partner_id, "the API key")
             if row.revoked_at is None:
                 row.revoked_at = now()
                 session.add(row)

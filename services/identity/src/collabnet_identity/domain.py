@@ -347,6 +347,16 @@ def require_partner_or_service(principal: Principal, partner: str, what: str) ->
         raise PermissionDenied(f"{what} belongs to partner {partner}; the caller is partner {principal.partner_id}")
 
 
+def require_key_manager(principal: Principal, partner: str, what: str) -> None:
+    """A partner's keys are managed by the partner, by services, and by the network's operators
+    (scope ``network:admin``), who issue a joining partner's first key and revoke a leaked one."""
+    if principal.service is None and principal.partner_id != partner and not principal.has_scope("network:admin"):
+        raise PermissionDenied(
+            f"{what} belongs to partner {partner}; the caller is partner {principal.partner_id} "
+            "without the scope 'network:admin'"
+        )
+
+
 def require_service(principal: Principal, what: str) -> None:
     if principal.service is None:
         raise PermissionDenied(f"only collabnet services may {what}")
