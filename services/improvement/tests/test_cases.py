@@ -12,6 +12,8 @@ import sqlalchemy as sa
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.field_mask_pb2 import FieldMask
 from improvement_testing import SERVICE, Harness, customer, in_days, invalid, partner, refused
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 from sqlmodel import col
 
 from collabnet.improvement.v1 import events_pb2 as ev
@@ -63,6 +65,19 @@ async def test_a_case_is_assigned_to_the_maker_and_the_retailer_with_their_targe
     assert case.opening_rating == case.current_rating == 1
     assert case.recovery_rating_threshold == 4
     assert [(t.from_state, t.to_state) for t in case.transitions] == [(pb.CASE_STATE_UNSPECIFIED, pb.CASE_STATE_OPEN)]
+
+
+async def test_the_review_events_span_names_the_case_it_opened(h: Harness, span_exporter: InMemorySpanExporter) -> None:
+    _, case = await h.negative_case(2)
+    (span,) = [
+        s for s in span_exporter.get_finished_spans() if (s.attributes or {}).get(events.CASE_ID) == case.case_id
+    ]
+    assert span.kind == SpanKind.CONSUMER and span.name.endswith("ReviewPublished process")
+    (opened,) = [e for e in span.events if e.name == "case opened"]
+    assert opened.attributes == {
+        events.CASE_ID: case.case_id,
+        "collabnet.case.partners": tuple(sorted([h.world.maker, h.world.retailer])),
+    }
 
 
 async def test_reviews_above_the_threshold_open_no_case(h: Harness) -> None:

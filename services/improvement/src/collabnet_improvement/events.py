@@ -15,6 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 import structlog
+from opentelemetry import trace
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -31,6 +32,7 @@ from collabnet_kit.timestamps import timestamp
 
 SOURCE = "improvement"
 SYSTEM = "system"
+CASE_ID = "collabnet.case.id"
 log = structlog.get_logger(__name__)
 
 _OUTCOME_TO_PROTO = {
@@ -324,6 +326,11 @@ async def open_case(
     )
     session.add(case)
     await session.flush()  # the case row first: its children reference it
+    # The event's span (a consumer span, in the trace of the request that wrote the review) shows
+    # which case it opened.
+    span = trace.get_current_span()
+    span.set_attribute(CASE_ID, case.id)
+    span.add_event("case opened", {CASE_ID: case.id, "collabnet.case.partners": sorted(assigned)})
     for partner, role in assigned.items():
         await assign(session, case, partner, role, policies[partner], at)
     session.add(
