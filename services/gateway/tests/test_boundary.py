@@ -281,6 +281,13 @@ async def test_an_untrusted_partners_trace_is_linked_not_continued(shared_stack:
     # identity served the call in the same trace, as a child of the gateway's span.
     children = await eventually(lambda: _children(shared_stack, trace_id))
     assert any(c.name.endswith("GetPartner") for c in children)
+    # The gateway's own call carries the partner too (as baggage, so every later hop does).
+    (call,) = [
+        s
+        for s in shared_stack.spans.get_finished_spans()
+        if f"{s.context.trace_id:032x}" == trace_id and s.kind == SpanKind.CLIENT and s.name.endswith("GetPartner")
+    ]
+    assert call.attributes is not None and call.attributes[telemetry.PARTNER_ID] == partner.id
 
 
 async def test_a_trusted_partners_trace_is_continued(shared_stack: Stack, tmp_path: Any) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,16 @@ def extract(carrier: Mapping[str, str] | None) -> Context:
     return propagate.extract(dict(carrier or {}))
 
 
+@contextmanager
+def attached(ctx: Context) -> Iterator[None]:
+    """Make ``ctx`` the current context for the block."""
+    token = context.attach(ctx)
+    try:
+        yield
+    finally:
+        context.detach(token)
+
+
 def with_partner(partner_id: str, ctx: Context | None = None) -> Context:
     """A context whose baggage names the partner on whose behalf the work is done."""
     return baggage.set_baggage(PARTNER_ID, partner_id, context=ctx)
@@ -186,6 +197,7 @@ __all__ = [
     "PARTNER_ID",
     "JsonLinesSpanExporter",
     "Telemetry",
+    "attached",
     "context",
     "current_partner",
     "extract",

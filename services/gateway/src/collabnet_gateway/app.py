@@ -192,6 +192,10 @@ class Gateway:
 
     def _build_app(self) -> FastAPI:
         app = FastAPI(
+            # The boundary makes the request's server span, with the partner's identity and the
+            # trust rules for its traceparent; FastAPI's own would start a second trace from the
+            # headers alone. Its request metrics stay on; logs are structlog's.
+            telemetry={"tracing": False, "logs": False},
             title="collabnet partner API",
             version="1.0.0",
             description=(

@@ -118,9 +118,13 @@ class Boundary:
         if acting_for is not None:
             attributes["collabnet.acts_for"] = acting_for
         name = f"{scope['method']} {attributes['http.route']}"
-        with self.tracer().start_as_current_span(
-            name, context=parent, kind=SpanKind.SERVER, links=links, attributes=attributes
-        ) as span:
+        # ``parent`` is made current first, so its baggage (the partner) is current inside too.
+        with (
+            telemetry.attached(parent),
+            self.tracer().start_as_current_span(
+                name, context=parent, kind=SpanKind.SERVER, links=links, attributes=attributes
+            ) as span,
+        ):
             context = span.get_span_context()
             traceresponse = f"00-{context.trace_id:032x}-{context.span_id:016x}-01"
             status = 500
