@@ -47,6 +47,8 @@ async def test_the_closed_loop_through_the_gateway_in_one_trace(stack: Stack) ->
             loop = ClosedLoop(gateway, Caller(key.partner_id, key.secret), webhooks)
             await the_story_holds(loop)
     await the_review_is_one_trace_across_processes(stack.state_dir, loop)
+    # The operator's key is kept for the next start, not made again.
+    assert await operator.ensure_operator(stack.state_dir, address(stack, "identity")) == key
 
 
 async def the_story_holds(loop: ClosedLoop) -> None:

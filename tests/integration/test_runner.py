@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -67,7 +68,10 @@ async def test_stack_refuses_to_start_over_a_port_in_use(tmp_path: Path) -> None
 def test_collabnet_up_starts_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     nats_port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "collabnet_cli", "up", "--state-dir", str(tmp_path), "--nats-port", str(nats_port)],
+        [
+            *(sys.executable, "-m", "collabnet_cli", "up", "--no-demo"),
+            *("--state-dir", str(tmp_path), "--nats-port", str(nats_port)),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -82,5 +86,9 @@ def test_collabnet_up_starts_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None
     assert process.wait(timeout=30) == 0, "".join(lines)
     output = "".join(lines)
     assert f"nats://127.0.0.1:{nats_port}" in output
+    # A key to try: the network operator's, kept for the next start.
+    kept = json.loads((tmp_path / "operator.json").read_text())
+    assert f"operator key     {kept['secret']}" in output
+    assert (tmp_path / "operator.json").stat().st_mode & 0o077 == 0
     assert output.rstrip().endswith("stopped")
     assert not port_in_use(nats_port)

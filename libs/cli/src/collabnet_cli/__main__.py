@@ -1,32 +1,41 @@
 """The ``collabnet`` command.
 
-collabnet up      start nats-server and every installed service on this machine, until Ctrl-C
+collabnet up               start nats-server and every installed service on this machine, load the
+                           demo network, and run until Ctrl-C
+collabnet demo             tell the closed loop against the running stack, step by step
+collabnet traces [ID]      draw a trace (the latest by default) from the local span files
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Sequence
 from pathlib import Path
 
+from collabnet_cli import demo_network, operator, traces
+from collabnet_cli.gateway import Caller, Gateway, GatewayError, WebhookEndpoint
 from collabnet_cli.stack import NATS_PORT, Component, Stack, StackError, installed_components, tail
+from collabnet_cli.story import ClosedLoop, Step
+
+GATEWAY_URL = os.environ.get("COLLABNET_GATEWAY_URL", "http://127.0.0.1:8080")
 
 
 def _say(text: str) -> None:
     print(text, flush=True)
 
 
-async def up(state_dir: Path, nats_port: int, port_offset: int) -> int:
+async def up(state_dir: Path, nats_port: int, port_offset: int, demo: bool = True) -> int:
     stack = Stack(state_dir, installed_components(port_offset), nats_port=nats_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        return await _serve(stack, stop)
+        return await _serve(stack, stop, demo)
     finally:
         _say("stopping")
         await stack.down()
@@ -42,7 +51,7 @@ async def _first(*aws: Awaitable[object]) -> asyncio.Future[object]:
     return next(iter(done))
 
 
-async def _serve(stack: Stack, stop: asyncio.Event) -> int:
+async def _serve(stack: Stack, stop: asyncio.Event, demo: bool) -> int:
     names = ", ".join(c.name for c in stack.components) or "no services installed yet"
     _say(f"starting nats-server and {names} (state in {stack.state_dir})")
     first = await _first(stack.up(), stop.wait())
@@ -60,6 +69,14 @@ async def _serve(stack: Stack, stop: asyncio.Event) -> int:
         scheme = "http://" if component.protocol == "http" else ""
         _say(f"{component.name:<16} {scheme}{component.address}  (log: {stack.log_file(component)})")
     _say(f"{'traces':<16} {stack.state_dir / 'traces'}")
+    first = await _first(_welcome(stack, demo), stop.wait())
+    if stop.is_set():
+        return 0
+    try:
+        first.result()
+    except (OSError, GatewayError, TimeoutError) as error:
+        print(f"collabnet up: loading the demo network failed: {error}", file=sys.stderr, flush=True)
+        return 1
     _say("collabnet is up; Ctrl-C stops it")
 
     first = await _first(stack.watch(), stop.wait())
@@ -72,16 +89,73 @@ async def _serve(stack: Stack, stop: asyncio.Event) -> int:
     return 1
 
 
+async def _welcome(stack: Stack, demo: bool) -> None:
+    """The operator's key, and the demo network unless asked not to: what a newcomer tries first."""
+    components = {c.name: c for c in stack.components}
+    if "identity" not in components or "gateway" not in components:
+        return
+    key = await operator.ensure_operator(stack.state_dir, components["identity"].address)
+    _say(f"{'operator key':<16} {key.secret}  (scope network:admin; kept in {operator.key_file(stack.state_dir)})")
+    if demo:
+        gateway_url = f"http://{components['gateway'].address}"
+        network = await demo_network.ensure(stack.state_dir, gateway_url, Caller(key.partner_id, key.secret))
+        for line in network.summary():
+            _say(line)
+
+
+async def demo(key: operator.OperatorKey, gateway_url: str) -> int:
+    """The closed loop against the running stack, each step told with its ids and its trace."""
+    with WebhookEndpoint() as webhooks:
+        async with Gateway(gateway_url) as gateway:
+            loop = ClosedLoop(gateway, Caller(key.partner_id, key.secret), webhooks)
+            try:
+                await loop.run(_tell)
+            except (OSError, GatewayError, TimeoutError) as error:
+                print(f"collabnet demo: {error}", file=sys.stderr, flush=True)
+                return 1
+    review_trace = loop.seen["review_trace"]
+    _say(f"\nThe review's trace crosses the gateway, reviews, NATS and improvement: collabnet traces {review_trace}")
+    return 0
+
+
+def _tell(step: Step) -> None:
+    _say(f"\n== {step.title}  (trace {step.trace_id})")
+    for line in step.lines:
+        _say(f"   {line}")
+
+
+def show_trace(state_dir: Path, trace_id: str | None) -> int:
+    try:
+        _say(traces.show(state_dir, trace_id))
+    except LookupError as error:
+        print(f"collabnet traces: {error.args[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="collabnet", description="Run and operate collabnet.")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("up", help="start the local stack until Ctrl-C")
-    run.add_argument("--state-dir", type=Path, default=Path(".collabnet"), help="where data, logs and traces go")
+    state_dir = argparse.ArgumentParser(add_help=False)
+    state_dir.add_argument("--state-dir", type=Path, default=Path(".collabnet"), help="where data, logs and traces go")
+    run = commands.add_parser("up", parents=[state_dir], help="start the local stack until Ctrl-C")
     run.add_argument("--nats-port", type=int, default=NATS_PORT, help=f"nats-server's port (default {NATS_PORT})")
     run.add_argument("--port-offset", type=int, default=0, help="add this to every service's default port")
+    run.add_argument("--no-demo", action="store_true", help="do not load the demo network")
+    story = commands.add_parser("demo", parents=[state_dir], help="tell the closed loop against the running stack")
+    story.add_argument("--gateway", default=GATEWAY_URL, help=f"the gateway's address (default {GATEWAY_URL})")
+    draw = commands.add_parser("traces", parents=[state_dir], help="draw a trace from the local span files")
+    draw.add_argument("trace_id", nargs="?", help="a trace id or a prefix of 8 or more digits (default: the latest)")
     args = parser.parse_args(argv)
     if args.command == "up":
-        sys.exit(asyncio.run(up(args.state_dir, args.nats_port, args.port_offset)))
+        sys.exit(asyncio.run(up(args.state_dir, args.nats_port, args.port_offset, demo=not args.no_demo)))
+    if args.command == "demo":
+        key = operator.load(args.state_dir)
+        if key is None:
+            parser.exit(1, f"collabnet demo: no operator key in {args.state_dir}; start the stack (make run) first\n")
+        sys.exit(asyncio.run(demo(key, args.gateway)))
+    if args.command == "traces":
+        sys.exit(show_trace(args.state_dir, args.trace_id))
 
 
 if __name__ == "__main__":
