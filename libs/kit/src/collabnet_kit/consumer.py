@@ -11,13 +11,21 @@ A handler runs inside a database transaction together with an inbox row for the 
 redelivered event is a no-op; the message is acked only after that commit. A failing handler's
 message is nak'ed with a growing delay; at its last delivery (or at once when it cannot be decoded)
 it is published with its error to ``collabnet.deadletter.<name>`` and acked, and the consumer goes on.
+
+Metrics (attribute ``durable``, the consumer's name): ``collabnet.consumer.lag`` (messages of the
+stream not yet handled: pending plus delivered-but-unacknowledged, read from JetStream on the
+consumer's loop every ``lag_seconds`` and summed over the durable's streams),
+``collabnet.consumer.redeliveries``, ``collabnet.deadletter.events`` and ``collabnet.event.latency``
+(from the event's recording in the outbox, its ``ce-time``, to the commit of its first successful
+handling), the last two also by ``messaging.destination.name``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +35,7 @@ from google.protobuf.message import DecodeError, Message
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import context as otel_context
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -55,6 +63,39 @@ class Undecodable(Exception):
     """A message that no retry can help: unknown type, missing attributes, or a corrupt payload."""
 
 
+class _LagGauge:
+    """``collabnet.consumer.lag`` of one meter: an instrument can be made once per meter, while a
+    service runs several consumers (a durable per stream, under one name), so they report here and
+    the gauge sums their last readings by durable."""
+
+    def __init__(self, meter: metrics.Meter) -> None:
+        self.consumers: weakref.WeakSet[Consumer] = weakref.WeakSet()
+        meter.create_observable_gauge(
+            "collabnet.consumer.lag",
+            callbacks=[self._observe],
+            unit="{message}",
+            description="Messages of the durable consumer's streams not yet handled (pending and unacknowledged).",
+        )
+
+    @classmethod
+    def of(cls, meter: metrics.Meter) -> _LagGauge:
+        gauge = _LAG_GAUGES.get(meter)
+        if gauge is None:
+            gauge = _LAG_GAUGES[meter] = cls(meter)
+        return gauge
+
+    def _observe(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        lags: dict[str, int] = {}
+        for consumer in list(self.consumers):
+            if consumer.lag is not None:
+                lags[consumer.name] = lags.get(consumer.name, 0) + consumer.lag
+        for durable, lag in sorted(lags.items()):
+            yield metrics.Observation(lag, {"durable": durable})
+
+
+_LAG_GAUGES: weakref.WeakKeyDictionary[metrics.Meter, _LagGauge] = weakref.WeakKeyDictionary()
+
+
 class Consumer:
     """One durable pull consumer on one domain's stream, handling the event types it is given."""
 
@@ -67,12 +108,16 @@ class Consumer:
         domain: str,
         handlers: Mapping[type[Message], Handler],
         tracer_provider: trace.TracerProvider | None = None,
+        meter: metrics.Meter | None = None,
         max_deliveries: int = 5,
         backoff_seconds: float = 0.5,
         max_backoff_seconds: float = 30.0,
         ack_wait_seconds: float = 30.0,
         fetch_seconds: float = 5.0,
+        lag_seconds: float = 5.0,
     ) -> None:
+        """``meter`` makes the consumer's instruments (the service's ``telemetry.meter(...)``);
+        without one it records no metrics. ``lag_seconds``: how often the lag is read."""
         if not handlers:
             raise ValueError("a consumer needs at least one handler")
         self.bus = bus
@@ -86,7 +131,35 @@ class Consumer:
         self.max_backoff_seconds = max_backoff_seconds
         self.ack_wait_seconds = ack_wait_seconds
         self.fetch_seconds = fetch_seconds
+        self.lag_seconds = lag_seconds
+        self.lag: int | None = None
+        """Messages not yet handled, as last read from JetStream (None before the first reading)."""
         self._tracer = trace.get_tracer("collabnet_kit.consumer", tracer_provider=tracer_provider)
+        self._attributes = {"durable": name}
+        if meter is None:
+            meter = metrics.NoOpMeter("collabnet_kit.consumer")
+        else:
+            _LagGauge.of(meter).consumers.add(self)
+        self._redeliveries = meter.create_counter(
+            "collabnet.consumer.redeliveries",
+            unit="{delivery}",
+            description="Deliveries of a message that had been delivered before.",
+        )
+        self._deadletters = meter.create_counter(
+            "collabnet.deadletter.events",
+            unit="{event}",
+            description="Events the consumer gave up on and sent to its dead-letter subject.",
+        )
+        self._latency = meter.create_histogram(
+            "collabnet.event.latency",
+            unit="s",
+            description="Time from an event's recording in the outbox to the end of its first successful handling.",
+            explicit_bucket_boundaries_advisory=telemetry.LATENCY_BUCKETS,
+        )
+        # Counters start at 0, so a scrape shows them (and rate() works) before the first trouble.
+        self._redeliveries.add(0, self._attributes)
+        for subject in self.subjects:
+            self._deadletters.add(0, {"durable": name, "messaging.destination.name": subject})
         self._task: asyncio.Task[None] | None = None
         self._subscription: Any = None
         self._stopping = False
@@ -130,8 +203,22 @@ class Consumer:
                 await self._subscription.unsubscribe()
             self._subscription = None
 
+    async def refresh_lag(self) -> int:
+        """Read from JetStream how many messages the durable has not yet handled."""
+        info = await self.bus.js.consumer_info(self.stream, self.name)
+        self.lag = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+        return self.lag
+
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_lag = 0.0
         while not self._stopping:
+            if loop.time() >= next_lag:
+                next_lag = loop.time() + self.lag_seconds
+                try:
+                    await self.refresh_lag()
+                except (TimeoutError, nats.errors.Error, OSError) as exc:
+                    log.warning("consumer_lag_unknown", consumer=self.name, stream=self.stream, error=str(exc))
             try:
                 if self._subscription is None:
                     self._subscription = await self.bus.js.pull_subscribe_bind(self.name, stream=self.stream)
@@ -192,6 +279,8 @@ class Consumer:
             "messaging.message.body.size": len(message.data),
             "messaging.nats.delivery_count": deliveries,
         }
+        if deliveries > 1:
+            self._redeliveries.add(1, self._attributes)
         # The producer's context becomes current (with its baggage) for everything the handler does.
         token = otel_context.attach(telemetry.extract(headers))
         try:
@@ -209,9 +298,11 @@ class Consumer:
                 span.set_status(Status(StatusCode.ERROR, str(exc)))
                 await self._dead_letter(message, exc)
                 return
+            first = False
             try:
                 async with self.db.transaction() as session:
                     if await self._first_delivery(session, envelope):
+                        first = True
                         await handler(session, event, envelope)
                     else:
                         span.set_attribute("collabnet.duplicate", True)
@@ -233,6 +324,11 @@ class Consumer:
                     )
                     await message.nak(delay=delay)
                 return
+            if first and "ce-time" in envelope.headers:
+                latency = (datetime.now(UTC) - envelope.time).total_seconds()
+                self._latency.record(
+                    max(0.0, latency), {"durable": self.name, "messaging.destination.name": message.subject}
+                )
             await message.ack()
 
     async def _first_delivery(self, session: AsyncSession, envelope: Envelope) -> bool:
@@ -259,6 +355,7 @@ class Consumer:
         }
         subject = deadletter_subject(self.name)
         await self.bus.publish(subject, message.data, headers)
+        self._deadletters.add(1, {"durable": self.name, "messaging.destination.name": message.subject})
         await message.ack()
         log.error(
             "event_dead_lettered",

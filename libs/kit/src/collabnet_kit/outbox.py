@@ -18,12 +18,17 @@ The relay has two paths:
 
 A row published twice (a relay dying between publishing and marking) is dropped by the stream's
 de-duplication window (``Nats-Msg-Id`` = event id), and consumers de-duplicate again by event id.
+
+Metrics: ``collabnet.relay.publish.duration`` (publish to ack, per event and subject), and the
+gauges ``collabnet.outbox.backlog`` and ``collabnet.outbox.oldest_age``, whose figures the relay
+reads from the database on its own loop (every poll interval) and only reports when collected.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,6 +38,7 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 from google.protobuf.message import Message
+from opentelemetry import metrics
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from collabnet_kit import telemetry
@@ -75,8 +81,18 @@ async def record(session: AsyncSession, event: Message, *, source: str, event_id
     return event_id
 
 
+def _aware(moment: datetime | None) -> datetime | None:
+    """SQLite hands timestamps back without their zone; they were written in UTC."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
 class Relay:
-    """Publishes committed outbox rows. One per service process: start it, and stop it."""
+    """Publishes committed outbox rows. One per service process: start it, and stop it.
+
+    ``meter`` makes its instruments (the service's ``telemetry.meter(...)``); none, no metrics.
+    """
 
     def __init__(
         self,
@@ -87,6 +103,7 @@ class Relay:
         poll_seconds: float = 1.0,
         max_backoff_seconds: float = 30.0,
         keep_sent: timedelta = timedelta(days=1),
+        meter: metrics.Meter | None = None,
     ) -> None:
         self.db = db
         self.keep_sent = keep_sent
@@ -98,7 +115,46 @@ class Relay:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        # (unsent rows, when the oldest of them was recorded) as last read; None before the first read.
+        self._backlog: tuple[int, datetime | None] | None = None
+        meter = meter or metrics.NoOpMeter("collabnet_kit.outbox")
+        self._publish_duration = meter.create_histogram(
+            "collabnet.relay.publish.duration",
+            unit="s",
+            description="Time from publishing an outbox event to JetStream's acknowledgement.",
+            explicit_bucket_boundaries_advisory=telemetry.SECONDS_BUCKETS,
+        )
+        meter.create_observable_gauge(
+            "collabnet.outbox.backlog",
+            callbacks=[self._observe_backlog],
+            unit="{event}",
+            description="Events recorded in the outbox and not yet published.",
+        )
+        meter.create_observable_gauge(
+            "collabnet.outbox.oldest_age",
+            callbacks=[self._observe_oldest_age],
+            unit="s",
+            description="Age of the oldest event not yet published; 0 when there is none.",
+        )
         db.on_events_committed(self._committed)
+
+    def _observe_backlog(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        if self._backlog is not None:
+            yield metrics.Observation(self._backlog[0])
+
+    def _observe_oldest_age(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        if self._backlog is not None:
+            oldest = self._backlog[1]
+            age = (datetime.now(UTC) - oldest).total_seconds() if oldest is not None else 0.0
+            yield metrics.Observation(max(0.0, age))
+
+    async def refresh_backlog(self) -> tuple[int, datetime | None]:
+        """Read how many rows are unsent and when the oldest was recorded, for the backlog gauges."""
+        query = sa.select(sa.func.count(), sa.func.min(outbox.c.created_at)).where(outbox.c.sent_at.is_(None))
+        async with self.db.read() as session:
+            count, oldest = (await (await session.connection()).execute(query)).one()
+        self._backlog = (int(count or 0), _aware(oldest))
+        return self._backlog
 
     def _committed(self, rows: list[dict[str, Any]]) -> None:
         self._fresh.extend(rows)
@@ -124,6 +180,7 @@ class Relay:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         next_poll = 0.0
+        next_refresh = 0.0
         next_purge = loop.time() + PURGE_EVERY_SECONDS
         # At start, everything unsent is this process's to publish: what a previous run of it left
         # behind should not wait out the grace period. (A row another replica is publishing right
@@ -133,6 +190,11 @@ class Relay:
                 pass
         while not self._stopping:
             try:
+                if loop.time() >= next_refresh:
+                    # Whether or not NATS answers (while it is away the backlog grows), and
+                    # whatever the fast path is doing.
+                    next_refresh = loop.time() + self.poll_seconds
+                    await self.refresh_backlog()
                 if self._fresh:
                     await self._publish_fresh()
                     continue
@@ -147,7 +209,8 @@ class Relay:
                 log.exception("outbox_relay_failed")
                 next_poll = loop.time() + self.poll_seconds
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, next_poll - loop.time()))
+                wake_at = min(next_poll, next_refresh)
+                await asyncio.wait_for(self._wake.wait(), max(0.0, wake_at - loop.time()))
             self._wake.clear()
 
     async def _publish_fresh(self) -> None:
@@ -166,11 +229,13 @@ class Relay:
         sent: list[str] = []
         for row in rows:
             headers = dict(row["headers"])
+            started = time.perf_counter()
             try:
                 await self.bus.publish(row["subject"], row["payload"], headers, parent=telemetry.extract(headers))
             except Exception as exc:
                 log.warning("outbox_publish_failed", event_id=row["event_id"], error=str(exc))
                 return sent, exc  # NATS is likely away: the rest would fail too
+            self._publish_duration.record(time.perf_counter() - started, {"messaging.destination.name": row["subject"]})
             sent.append(row["event_id"])
         return sent, None
 

@@ -5,8 +5,10 @@ to, and a ``wire`` function that builds its servicers and consumers from the run
 bus, telemetry, principal signer). ``Service`` then
 
 - serves gRPC with the standard health service (NOT_SERVING until the database and NATS are ready,
-  and again whenever either is lost), reflection, server spans (health and reflection left out),
-  principal verification, access logs, and errors mapped from ``DomainError``;
+  and again whenever either is lost), reflection, server spans and ``rpc.server.call.duration``
+  (health and reflection left out), principal verification, access logs, and errors mapped from
+  ``DomainError``;
+- exports metrics over OTLP when configured, and as Prometheus text when ``metrics_port`` is set;
 - migrates the database at start in development; runs the outbox relay and the consumers;
 - on SIGTERM stops accepting, finishes in-flight RPCs and handlers, flushes the outbox and the spans.
 """
@@ -27,7 +29,8 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import context as otel_context
-from opentelemetry import trace
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.trace import SpanProcessor
 
 from collabnet_kit import client, grpc_errors, telemetry
@@ -94,6 +97,7 @@ class Runtime:
             domain=domain,
             handlers=handlers,
             tracer_provider=self.telemetry.tracer_provider,
+            meter=self.telemetry.meter("collabnet_kit.consumer"),
             max_deliveries=s.consumer_max_deliveries,
             backoff_seconds=s.consumer_backoff_seconds,
             ack_wait_seconds=s.consumer_ack_wait_seconds,
@@ -115,11 +119,29 @@ def _trace_id() -> str | None:
     return format(ctx.trace_id, "032x") if ctx.is_valid else None
 
 
-class RpcInterceptor(grpc.aio.ServerInterceptor):
-    """Verifies the principal, maps domain errors to statuses and writes one access-log line per RPC."""
+def _status_name(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    """The name of the status the RPC ends with (``NOT_FOUND``), if one was set or aborted with."""
+    code = context.code() if hasattr(context, "code") else None
+    if code is None:
+        return None
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    by_value = {status.value[0]: status.name for status in grpc.StatusCode}
+    return by_value.get(code) if isinstance(code, int) else None
 
-    def __init__(self, signer: PrincipalSigner) -> None:
+
+class RpcInterceptor(grpc.aio.ServerInterceptor):
+    """Verifies the principal, maps domain errors to statuses and writes one access-log line and
+    one ``rpc.server.call.duration`` measurement per RPC."""
+
+    def __init__(self, signer: PrincipalSigner, meter: metrics.Meter | None = None) -> None:
         self._signer = signer
+        self._duration = (meter or metrics.NoOpMeter("collabnet_kit.server")).create_histogram(
+            "rpc.server.call.duration",
+            unit="s",
+            description="Duration of gRPC calls this server handled, by service, method and status.",
+            explicit_bucket_boundaries_advisory=telemetry.SECONDS_BUCKETS,
+        )
 
     async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
         handler = await continuation(handler_call_details)
@@ -144,6 +166,8 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
     async def _rpc(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
         started = time.perf_counter()
         partner = None
+        # What the call ends with when the context names no status: OK, unless it did not end well.
+        outcome = "OK"
         try:
             token = _bearer(context.invocation_metadata())
             principal = self._signer.verify(token)
@@ -164,21 +188,36 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 otel_context.detach(attached)
         except DomainError as error:
-            await context.abort(*_abort_args(grpc_errors.to_status(error, _trace_id())))
-        except (grpc.aio.AbortError, asyncio.CancelledError):
+            status = grpc_errors.to_status(error, _trace_id())
+            outcome = status.code.name
+            await context.abort(*_abort_args(status))
+        except grpc.aio.AbortError:
+            outcome = "UNKNOWN"
+            raise
+        except asyncio.CancelledError:
+            outcome = "CANCELLED"
             raise
         except Exception:
+            outcome = "INTERNAL"
             log.exception("rpc_failed", method=method)
             await context.abort(*_abort_args(grpc_errors.internal_status(_trace_id())))
+        except BaseException:
+            outcome = "UNKNOWN"
+            raise
         finally:
-            code = context.code() if hasattr(context, "code") else None
-            log.info(
-                "rpc",
-                method=method,
-                code=getattr(code, "name", None) or "OK",
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
-                partner=partner,
+            elapsed = time.perf_counter() - started
+            code = _status_name(context) or outcome
+            service, _, name = method.lstrip("/").rpartition("/")
+            self._duration.record(
+                elapsed,
+                {
+                    "rpc.system": "grpc",
+                    "rpc.service": service,
+                    "rpc.method": name,
+                    "rpc.response.status_code": code,
+                },
             )
+            log.info("rpc", method=method, code=code, duration_ms=round(elapsed * 1000, 3), partner=partner)
 
     def _unary(self, method: str, behavior: Any) -> Any:
         async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -214,9 +253,11 @@ class Service:
         span_processor: SpanProcessor | None = None,
         set_global_telemetry: bool = True,
         serve_grpc: bool = True,
+        metric_readers: Sequence[MetricReader] = (),
     ) -> None:
         """``serve_grpc`` off runs everything but the gRPC server: for a process that serves
-        another protocol (the gateway) and reports its health through it (see :meth:`healthy`)."""
+        another protocol (the gateway) and reports its health through it (see :meth:`healthy`).
+        ``metric_readers`` are added to the service's meter provider (tests read metrics in memory)."""
         self.settings = settings
         self.serve_grpc = serve_grpc
         self.name = settings.service_name
@@ -226,6 +267,7 @@ class Service:
         self._wire = wire
         self._span_processor = span_processor
         self._set_global = set_global_telemetry
+        self._metric_readers = list(metric_readers)
         self.port: int | None = None
         self.ready = asyncio.Event()
         self._up = False
@@ -246,8 +288,17 @@ class Service:
         """Listen at once (reporting NOT_SERVING), then bring the database and NATS up in the background."""
         s = self.settings
         tel = telemetry.setup_telemetry(
-            self.name, self.version, s.state_dir, span_processor=self._span_processor, set_global=self._set_global
+            self.name,
+            self.version,
+            s.state_dir,
+            span_processor=self._span_processor,
+            set_global=self._set_global,
+            metrics_port=s.metrics_port,
+            metrics_host=s.metrics_host,
+            metric_readers=self._metric_readers,
         )
+        if tel.scrape_endpoint is not None:
+            log.info("metrics_listening", url=tel.scrape_endpoint.url)
         db = Database(s.database, telemetry=tel)
         bus = Bus(
             s.nats_url,
@@ -260,7 +311,13 @@ class Service:
         )
         signer = PrincipalSigner(s.principal_signing_key.get_secret_value(), s.principal_ttl_seconds)
         self.runtime = Runtime(s, tel, db, bus, signer, client.ServiceTokens(signer, self.name))
-        self.relay = Relay(db, bus, batch_size=s.outbox_batch_size, poll_seconds=s.outbox_poll_seconds)
+        self.relay = Relay(
+            db,
+            bus,
+            batch_size=s.outbox_batch_size,
+            poll_seconds=s.outbox_poll_seconds,
+            meter=tel.meter("collabnet_kit.outbox"),
+        )
         self.wiring = self._wire(self.runtime)
 
         self._served = [api.descriptor.full_name for api in self.wiring.apis]
@@ -272,7 +329,8 @@ class Service:
     async def _listen(self, tel: telemetry.Telemetry, signer: PrincipalSigner) -> None:
         assert self.wiring is not None
         s = self.settings
-        server = grpc.aio.server(interceptors=[tel.grpc_server_interceptor(), RpcInterceptor(signer)])
+        rpc = RpcInterceptor(signer, tel.meter("collabnet_kit.server"))
+        server = grpc.aio.server(interceptors=[tel.grpc_server_interceptor(), rpc])
         for api in self.wiring.apis:
             api.add_to_server(api.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

@@ -48,6 +48,9 @@ class ServiceSettings(BaseSettings):
     health_check_seconds: float = Field(default=2.0, gt=0)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     stream_duplicate_window_seconds: float = Field(default=120.0, ge=120.0)
+    # The Prometheus scrape endpoint (``/metrics``); 0 serves none (OTLP metrics are separate).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=0, ge=0, le=65535)
 
     @field_validator("principal_signing_key")
     @classmethod

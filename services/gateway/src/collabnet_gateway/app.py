@@ -194,8 +194,10 @@ class Gateway:
         app = FastAPI(
             # The boundary makes the request's server span, with the partner's identity and the
             # trust rules for its traceparent; FastAPI's own would start a second trace from the
-            # headers alone. Its request metrics stay on; logs are structlog's.
-            telemetry={"tracing": False, "logs": False},
+            # headers alone. The boundary also records http.server.request.duration: FastAPI's
+            # would use the global meter provider (not the gateway's, made later, at start), miss
+            # the requests the boundary refuses, and add labels of its own. Logs are structlog's.
+            telemetry={"tracing": False, "metrics": False, "logs": False},
             title="collabnet partner API",
             version="1.0.0",
             description=(
@@ -260,6 +262,7 @@ class Gateway:
             limiter=self.limiter,
             trusted_partners=frozenset(self.settings.trusted_partners),
             max_body_bytes=self.settings.max_body_bytes,
+            meter=lambda: self.runtime.telemetry.meter("collabnet_gateway") if self.service.runtime else None,
         )
 
     async def _not_ready(self) -> list[str]:

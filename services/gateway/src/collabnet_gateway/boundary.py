@@ -1,5 +1,7 @@
 """The partner boundary, as ASGI middleware: who is calling, may they act for whom they name, are
-they within their rate, is the body within bounds, and one server span per request.
+they within their rate, is the body within bounds, and one server span and one
+``http.server.request.duration`` measurement per request (the probes ``/healthz`` and ``/readyz``
+are not measured).
 
 A partner's incoming ``traceparent`` becomes the parent of the request's span only when the partner
 is configured as trusted; otherwise the span starts a new trace that links to the partner's. The
@@ -12,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from starlette.datastructures import Headers
@@ -32,6 +34,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 OPEN_PATHS = ("/healthz", "/readyz", "/openapi.json", "/docs", "/redoc")
+PROBE_PATHS = ("/healthz", "/readyz")
 ON_BEHALF_OF = "x-on-behalf-of"
 
 
@@ -51,7 +54,9 @@ class Boundary:
         limiter: RateLimiter,
         trusted_partners: frozenset[str],
         max_body_bytes: int,
+        meter: Callable[[], metrics.Meter | None] | None = None,
     ) -> None:
+        """``meter`` gives the meter of the request metric once the gateway's telemetry is up."""
         self.app = app
         self.router = router
         self.authenticator = authenticator
@@ -60,20 +65,70 @@ class Boundary:
         self.limiter = limiter
         self.trusted = trusted_partners
         self.max_body = max_body_bytes
+        self.meter = meter or (lambda: None)
+        self._duration: tuple[metrics.Meter, metrics.Histogram] | None = None
 
-    def _route(self, scope: Scope) -> str:
-        """The route template a request matches; the router records it in the scope as it routes
-        (so this scans the routes only for requests refused before they reach it)."""
+    def _template(self, scope: Scope) -> str | None:
+        """The route template a request matches, None when it matches none; the router records it in
+        the scope as it routes (so this scans the routes only for requests refused before that)."""
         if "route" in scope:
-            return str(getattr(scope["route"], "path", scope["path"]))
+            path = getattr(scope["route"], "path", None)
+            return str(path) if path is not None else None
+        partial = None
         for route in self.router.routes:
             match, _ = route.matches(scope)
             if match is Match.FULL:
-                return str(getattr(route, "path", scope["path"]))
-        return scope["path"]  # type: ignore[no-any-return]
+                return str(getattr(route, "path", None) or "") or None
+            if match is Match.PARTIAL and partial is None:
+                partial = getattr(route, "path", None)
+        return str(partial) if partial is not None else None
+
+    def _route(self, scope: Scope) -> str:
+        return self._template(scope) or scope["path"]
+
+    def _histogram(self) -> metrics.Histogram | None:
+        meter = self.meter()
+        if meter is None:
+            return None
+        if self._duration is None or self._duration[0] is not meter:
+            histogram = meter.create_histogram(
+                "http.server.request.duration",
+                unit="s",
+                description="Duration of the gateway's HTTP requests, by method, route template and status.",
+                explicit_bucket_boundaries_advisory=telemetry.SECONDS_BUCKETS,
+            )
+            self._duration = (meter, histogram)
+        return self._duration[1]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["path"].startswith("/docs"):
+        if scope["type"] != "http" or scope["path"] in PROBE_PATHS:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the server answers when the app fails before responding
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._handle(scope, receive, send_with_status)
+        finally:
+            histogram = self._histogram()
+            if histogram is not None:
+                attributes: dict[str, Any] = {
+                    "http.request.method": scope["method"],
+                    "http.response.status_code": status,
+                }
+                route = self._template(scope)
+                if route is not None:
+                    attributes["http.route"] = route
+                histogram.record(time.perf_counter() - started, attributes)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] in OPEN_PATHS or scope["path"].startswith("/docs"):
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
