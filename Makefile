@@ -14,8 +14,10 @@ $(CURDIR)/.tools/bin/uv:
 	$(PYTHON) -m venv $(CURDIR)/.tools
 	$(CURDIR)/.tools/bin/pip install --quiet --disable-pip-version-check uv
 
+# Installed modules are compiled once here: where Python may not write bytecode as it imports
+# (PYTHONDONTWRITEBYTECODE), every process, each test run's and each service's, would compile them again.
 setup: | $(UV)
-	$(UV) sync --frozen --all-packages
+	$(UV) sync --frozen --all-packages --compile-bytecode
 
 run: setup
 	$(RUN) collabnet up

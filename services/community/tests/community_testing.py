@@ -21,6 +21,7 @@ from collabnet.community.v1 import community_pb2 as pb
 from collabnet.community.v1 import events_pb2
 from collabnet.community.v1.community_pb2_grpc import CommunityServiceStub
 from collabnet.supplychain.v1 import events_pb2 as supplychain
+from collabnet_community import store
 from collabnet_community.app import NAME, Settings, create
 from collabnet_kit.bus import Bus, cloudevent_headers, stream_name, subject_of
 from collabnet_kit.errors import InvalidArgument
@@ -29,7 +30,7 @@ from collabnet_kit.nats_server import NatsServer
 from collabnet_kit.principal import Principal, PrincipalSigner
 from collabnet_kit.server import Service
 from collabnet_kit.settings import DEV_SIGNING_KEY
-from collabnet_kit.testing import eventually, running, service_settings
+from collabnet_kit.testing import DatabaseFactory, eventually, running, service_settings
 
 if TYPE_CHECKING:
     from collabnet.community.v1.community_pb2_grpc import CommunityServiceAsyncStub
@@ -108,6 +109,13 @@ def community_settings(database_url: str, nats_url: str, state_dir: Path, **over
         "escalation_batch_size": 4,
     }
     return service_settings(Settings, NAME, database_url, nats_url, state_dir, **(values | overrides))
+
+
+@pytest.fixture
+def database_url(database_factory: DatabaseFactory) -> str:
+    """This test's database of the community service, at the head of its migrations as the service would
+    leave it at start (the migrations themselves are tested on ``database_factory()``)."""
+    return database_factory(migrated=[store.HISTORY])
 
 
 @pytest.fixture

@@ -1,3 +1,3 @@
-from community_testing import clock, community, events, feed, market, service
+from community_testing import clock, community, database_url, events, feed, market, service
 
-__all__ = ["clock", "community", "events", "feed", "market", "service"]
+__all__ = ["clock", "community", "database_url", "events", "feed", "market", "service"]

@@ -26,24 +26,38 @@ from collabnet.identity.v1 import identity_pb2 as identity
 from collabnet.identity.v1.identity_pb2 import PartnerKind
 from collabnet.identity.v1.identity_pb2_grpc import IdentityServiceStub
 from collabnet_community import app as community_app
-from collabnet_gateway import catalog
+from collabnet_community import store as community_store
+from collabnet_gateway import catalog, store
 from collabnet_gateway.app import Gateway, Settings
 from collabnet_gateway.app import create as create_gateway
 from collabnet_identity import app as identity_app
+from collabnet_identity import store as identity_store
 from collabnet_improvement import app as improvement_app
+from collabnet_improvement import store as improvement_store
+from collabnet_kit.migrations import History
 from collabnet_kit.nats_server import NatsServer
 from collabnet_kit.principal import Principal, PrincipalSigner
 from collabnet_kit.server import Service
 from collabnet_kit.settings import DEV_SIGNING_KEY
-from collabnet_kit.testing import running, service_settings
+from collabnet_kit.testing import DatabaseFactory, running, service_settings
 from collabnet_reviews import app as reviews_app
+from collabnet_reviews import store as reviews_store
 from collabnet_supplychain import app as supplychain_app
+from collabnet_supplychain import store as supplychain_store
 
 if TYPE_CHECKING:
     from collabnet.identity.v1.identity_pb2_grpc import IdentityServiceAsyncStub
 
 SERVICE = (("authorization", f"Bearer {PrincipalSigner(DEV_SIGNING_KEY).sign(Principal(service='tests'))}"),)
 SERVICES = ("identity", "supplychain", "reviews", "community", "improvement")
+HISTORIES: dict[str, History] = {
+    "identity": identity_store.HISTORY,
+    "supplychain": supplychain_store.HISTORY,
+    "reviews": reviews_store.HISTORY,
+    "community": community_store.HISTORY,
+    "improvement": improvement_store.HISTORY,
+    "gateway": store.HISTORY,
+}
 # Generous limits for the tests of routes; the tests of limits set their own.
 TEST_GATEWAY = {
     "rate_limit_per_second": 10_000.0,
@@ -211,9 +225,14 @@ async def start_stack(
 
 
 @pytest.fixture
-async def stack(database_factory: Callable[[], str], nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Stack]:
-    """A fresh system for one test, on each configured database backend."""
-    async with start_stack(lambda _: database_factory(), nats_server.url, tmp_path) as system:
+async def stack(database_factory: DatabaseFactory, nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Stack]:
+    """A fresh system for one test, on each configured database backend (each database at the head
+    of its service's migrations, as the service would leave it at start)."""
+
+    def database(name: str) -> str:
+        return database_factory(migrated=[HISTORIES[name]])
+
+    async with start_stack(database, nats_server.url, tmp_path) as system:
         yield system
 
 

@@ -1,3 +1,3 @@
-from identity_testing import events, identity, network, service
+from identity_testing import database_url, events, identity, network, service
 
-__all__ = ["events", "identity", "network", "service"]
+__all__ = ["database_url", "events", "identity", "network", "service"]

@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from collabnet.identity.v1 import events_pb2, identity_pb2
 from collabnet.identity.v1.identity_pb2_grpc import IdentityServiceStub
+from collabnet_identity import store
 from collabnet_identity.app import NAME, Settings, create
 from collabnet_kit.bus import Bus, stream_name
 from collabnet_kit.errors import InvalidArgument
@@ -23,7 +24,7 @@ from collabnet_kit.nats_server import NatsServer
 from collabnet_kit.principal import Principal, PrincipalSigner
 from collabnet_kit.server import Service
 from collabnet_kit.settings import DEV_SIGNING_KEY
-from collabnet_kit.testing import eventually, running, service_settings
+from collabnet_kit.testing import DatabaseFactory, eventually, running, service_settings
 
 if TYPE_CHECKING:
     from collabnet.identity.v1.identity_pb2_grpc import IdentityServiceAsyncStub
@@ -50,6 +51,13 @@ ADMIN_SCOPES = frozenset({"network:admin", "keys:manage", "reviews:write"})
 
 def partner(partner_id: str, *, acting_for: str | None = None, scopes: frozenset[str] = ADMIN_SCOPES) -> Metadata:
     return as_principal(Principal(partner_id=partner_id, party_id=acting_for, scopes=scopes))
+
+
+@pytest.fixture
+def database_url(database_factory: DatabaseFactory) -> str:
+    """This test's database of the identity service, at the head of its migrations as the service would
+    leave it at start (the migrations themselves are tested on ``database_factory()``)."""
+    return database_factory(migrated=[store.HISTORY])
 
 
 @pytest.fixture

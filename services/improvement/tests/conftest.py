@@ -1,3 +1,3 @@
-from improvement_testing import h, improvement, service
+from improvement_testing import database_url, h, improvement, service
 
-__all__ = ["h", "improvement", "service"]
+__all__ = ["database_url", "h", "improvement", "service"]

@@ -24,6 +24,7 @@ from collabnet.improvement.v1 import improvement_pb2 as pb
 from collabnet.improvement.v1.improvement_pb2_grpc import ImprovementServiceStub
 from collabnet.reviews.v1 import events_pb2 as reviews
 from collabnet.supplychain.v1 import events_pb2 as supplychain
+from collabnet_improvement import store
 from collabnet_improvement.app import NAME, Settings, create
 from collabnet_kit.bus import Bus, cloudevent_headers, stream_name
 from collabnet_kit.errors import InvalidArgument
@@ -32,7 +33,7 @@ from collabnet_kit.nats_server import NatsServer
 from collabnet_kit.principal import Principal, PrincipalSigner
 from collabnet_kit.server import Service
 from collabnet_kit.settings import DEV_SIGNING_KEY
-from collabnet_kit.testing import eventually, running, service_settings
+from collabnet_kit.testing import DatabaseFactory, eventually, running, service_settings
 
 if TYPE_CHECKING:
     from collabnet.improvement.v1.improvement_pb2_grpc import ImprovementServiceAsyncStub as Improvement
@@ -375,6 +376,13 @@ async def build_world(h: Harness) -> World:
 
     await eventually(known)
     return w
+
+
+@pytest.fixture
+def database_url(database_factory: DatabaseFactory) -> str:
+    """This test's database of the improvement service, at the head of its migrations as the service would
+    leave it at start (the migrations themselves are tested on ``database_factory()``)."""
+    return database_factory(migrated=[store.HISTORY])
 
 
 @pytest.fixture

@@ -18,11 +18,11 @@ from collabnet_improvement import store
 from collabnet_kit.bus import DEADLETTER_STREAM, cloudevent_headers
 from collabnet_kit.db import Database
 from collabnet_kit.migrations import pending_changes, upgrade
-from collabnet_kit.testing import eventually
+from collabnet_kit.testing import DatabaseFactory, eventually
 
 
-async def test_the_migrations_create_exactly_the_tables(database_url: str) -> None:
-    db = Database(database_url)
+async def test_the_migrations_create_exactly_the_tables(database_factory: DatabaseFactory) -> None:
+    db = Database(database_factory())  # empty: every migration runs
     try:
         await upgrade(db, [store.HISTORY])
         assert await pending_changes(db, store.HISTORY) == []

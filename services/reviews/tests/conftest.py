@@ -1,3 +1,3 @@
-from reviews_testing import identity_database_url, identity_service, service, world
+from reviews_testing import database_url, identity_database_url, identity_service, service, world
 
-__all__ = ["identity_database_url", "identity_service", "service", "world"]
+__all__ = ["database_url", "identity_database_url", "identity_service", "service", "world"]

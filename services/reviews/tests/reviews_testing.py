@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +30,8 @@ from collabnet_kit.nats_server import NatsServer
 from collabnet_kit.principal import Principal, PrincipalSigner
 from collabnet_kit.server import Service
 from collabnet_kit.settings import DEV_SIGNING_KEY
-from collabnet_kit.testing import eventually, running, service_settings
+from collabnet_kit.testing import DatabaseFactory, eventually, running, service_settings
+from collabnet_reviews import store
 from collabnet_reviews.app import NAME, Settings, create
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ else:
 
 # Imported by name: identity's package carries no py.typed marker, and its app is only started here.
 identity_app: Any = importlib.import_module("collabnet_identity.app")
+identity_store: Any = importlib.import_module("collabnet_identity.store")
 
 Metadata = tuple[tuple[str, str], ...]
 E = TypeVar("E", bound=Message)
@@ -91,9 +93,10 @@ async def start_identity(database_url: str, nats_server: NatsServer, state_dir: 
 
 
 @pytest.fixture
-def identity_database_url(database_factory: Callable[[], str]) -> str:
-    """Identity's own database, on the backend of the test (made outside the event loop)."""
-    return database_factory()
+def identity_database_url(database_factory: DatabaseFactory) -> str:
+    """Identity's own database, on the backend of the test (made outside the event loop), at the head
+    of identity's migrations."""
+    return database_factory(migrated=[identity_store.HISTORY])
 
 
 @pytest.fixture
@@ -114,6 +117,13 @@ def reviews_settings(database_url: str, nats_server: NatsServer, state_dir: Path
         identity_address=identity_address,
         disclosure_retry_seconds=0.2,
     )
+
+
+@pytest.fixture
+def database_url(database_factory: DatabaseFactory) -> str:
+    """This test's database of the reviews service, at the head of its migrations as the service would
+    leave it at start (the migrations themselves are tested on ``database_factory()``)."""
+    return database_factory(migrated=[store.HISTORY])
 
 
 @pytest.fixture

@@ -1,3 +1,3 @@
-from supplychain_testing import chain, events, identity, identity_database_url, services, supplychain
+from supplychain_testing import chain, database_url, events, identity, identity_database_url, services, supplychain
 
-__all__ = ["chain", "events", "identity", "identity_database_url", "services", "supplychain"]
+__all__ = ["chain", "database_url", "events", "identity", "identity_database_url", "services", "supplychain"]

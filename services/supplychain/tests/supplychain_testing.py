@@ -5,7 +5,7 @@ the four-tier network the service tests share."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +25,7 @@ from collabnet.supplychain.v1 import events_pb2
 from collabnet.supplychain.v1 import supplychain_pb2 as pb
 from collabnet.supplychain.v1.supplychain_pb2_grpc import SupplyChainServiceStub
 from collabnet_identity import app as identity_app
+from collabnet_identity import store as identity_store
 from collabnet_kit.bus import Bus, stream_name
 from collabnet_kit.errors import InvalidArgument
 from collabnet_kit.grpc_errors import from_rpc_error
@@ -32,8 +33,8 @@ from collabnet_kit.nats_server import NatsServer, free_port
 from collabnet_kit.principal import Principal, PrincipalSigner
 from collabnet_kit.server import Service
 from collabnet_kit.settings import DEV_SIGNING_KEY
-from collabnet_kit.testing import eventually, running, service_settings
-from collabnet_supplychain import domain
+from collabnet_kit.testing import DatabaseFactory, eventually, running, service_settings
+from collabnet_supplychain import domain, store
 from collabnet_supplychain.app import NAME, Settings, create
 
 if TYPE_CHECKING:  # the async stubs' types exist only in the typed stubs
@@ -155,9 +156,17 @@ def supplychain_service(
 
 
 @pytest.fixture
-def identity_database_url(database_factory: Callable[[], str]) -> str:
-    """Identity's own database, on the test's backend (made outside the event loop, as the factory needs)."""
-    return database_factory()
+def identity_database_url(database_factory: DatabaseFactory) -> str:
+    """Identity's own database, on the test's backend (made outside the event loop, as the factory needs),
+    at the head of identity's migrations."""
+    return database_factory(migrated=[identity_store.HISTORY])
+
+
+@pytest.fixture
+def database_url(database_factory: DatabaseFactory) -> str:
+    """This test's database of the supplychain service, at the head of its migrations as the service would
+    leave it at start (the migrations themselves are tested on ``database_factory()``)."""
+    return database_factory(migrated=[store.HISTORY])
 
 
 @pytest.fixture

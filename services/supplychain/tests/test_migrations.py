@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collabnet_kit.db import Database
 from collabnet_kit.migrations import pending_changes, upgrade
+from collabnet_kit.testing import DatabaseFactory
 from collabnet_supplychain import store
 
 
-async def test_after_upgrading_the_tables_match_the_migrations(database_url: str) -> None:
-    db = Database(database_url)
+async def test_after_upgrading_the_tables_match_the_migrations(database_factory: DatabaseFactory) -> None:
+    db = Database(database_factory())  # empty: every migration runs
     try:
         await upgrade(db, [store.HISTORY])
         assert await pending_changes(db, store.HISTORY) == []

@@ -46,6 +46,7 @@ class NatsServer:
         self.port = port or free_port(host)
         self.log_file = store_dir / "nats-server.log"
         self._process: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
 
     @property
     def url(self) -> str:
@@ -57,21 +58,29 @@ class NatsServer:
 
     def start(self, timeout: float = 15.0) -> None:
         """Start and wait until JetStream is ready; raises with the server's log if it is not."""
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the process without waiting for it to be ready (see :meth:`wait_ready`)."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        offset = self.log_file.stat().st_size if self.log_file.exists() else 0
+        self._log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
         args = [find_binary(), "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store_dir)]
         args += ["-n", f"collabnet-{self.port}", "-l", str(self.log_file)]
         self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        """Wait until the launched server logs that it is ready; raises with its log if it does not."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while self._process is not None and time.monotonic() < deadline:
             if self._process.poll() is not None:
                 break
             if self.log_file.exists():
                 with self.log_file.open("rb") as log:
-                    log.seek(offset)
+                    log.seek(self._log_offset)
                     if b"Server is ready" in log.read():
                         return
-            time.sleep(0.02)
+            time.sleep(0.005)
         self.stop()
         tail = self.log_file.read_text(errors="replace")[-2000:] if self.log_file.exists() else ""
         raise RuntimeError(f"nats-server did not become ready on port {self.port}:\n{tail}")
