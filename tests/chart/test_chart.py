@@ -307,9 +307,10 @@ def test_every_deployment_has_startup_readiness_and_liveness_probes(objects: lis
                 expected = "/readyz" if probe == "readinessProbe" else "/healthz"
                 assert handler["httpGet"]["path"] == expected
             else:
-                # The kit's health service answers for "" (the process) and each API's full name.
                 assert handler["grpc"]["port"] == ports["grpc"]
-                assert handler["grpc"].get("service", "") in ("", f"collabnet.{service}.v1.")
+                # Readiness follows the database and NATS; startup and liveness only the process.
+                expected = "" if probe == "readinessProbe" else "liveness"
+                assert handler["grpc"].get("service", "") == expected, (service, probe)
         assert container["livenessProbe"]["failureThreshold"] * container["livenessProbe"]["periodSeconds"] >= 30
 
 
@@ -389,6 +390,14 @@ def test_telemetry_settings_come_from_values() -> None:
     default = named(render({}), "ConfigMap", full("reviews"))["data"]
     assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in default
     assert default["OTEL_TRACES_SAMPLER"] == "always_off"
+
+
+def test_every_service_keeps_its_streams_with_the_replicas_of_the_values() -> None:
+    for values, replicas in ((VALUES["default"], "3"), ({"nats": {"streamReplicas": 1}}, "1")):
+        objects = render(values)
+        for config_map in of_kind(objects, "ConfigMap"):
+            if "COLLABNET_NATS_URL" in config_map["data"]:
+                assert config_map["data"]["COLLABNET_STREAM_REPLICAS"] == replicas
 
 
 # --- scaling and disruption -------------------------------------------------------------------------
@@ -533,6 +542,10 @@ def test_the_gateway_is_the_only_way_in() -> None:
     for values in VALUES.values():
         objects = render(values)
         assert all(s["spec"]["type"] == "ClusterIP" for s in of_kind(objects, "Service"))
+        # gRPC services are headless, so callers see every pod and balance calls over them.
+        for service_obj in of_kind(objects, "Service"):
+            headless = service_obj["spec"].get("clusterIP") == "None"
+            assert headless == (service_obj["metadata"]["labels"]["app.kubernetes.io/component"] != "gateway")
         gateway = named(objects, "NetworkPolicy", full("gateway"))
         http_rules = [r for r in gateway["spec"]["ingress"] if 8080 in {p["port"] for p in r["ports"]}]
         assert len(http_rules) == 1

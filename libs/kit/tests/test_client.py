@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from collabnet.kittest.v1 import kittest_pb2, kittest_pb2_grpc
 from collabnet.kittest.v1.kittest_pb2_grpc import SampleServiceStub
 from collabnet_kit import client
-from collabnet_kit.client import ServiceTokens, retry_service_config
+from collabnet_kit.client import ServiceTokens, service_config
 from collabnet_kit.principal import Principal, PrincipalSigner, acting_as
 from collabnet_kit.server import Service
 from collabnet_kit.settings import DEV_SIGNING_KEY
@@ -71,18 +71,18 @@ def retried_methods(config: str) -> list[tuple[str, str]]:
 
 
 def test_only_the_no_side_effects_method_of_the_sample_service_is_retried() -> None:
-    assert retried_methods(retry_service_config([SAMPLE_SERVICE])) == [("collabnet.kittest.v1.SampleService", "Echo")]
+    assert retried_methods(service_config([SAMPLE_SERVICE])) == [("collabnet.kittest.v1.SampleService", "Echo")]
 
 
 def test_no_side_effects_and_idempotent_methods_are_retried_and_no_others() -> None:
-    assert retried_methods(retry_service_config([ledger_service()])) == [
+    assert retried_methods(service_config([ledger_service()])) == [
         ("collabnet.ct.v1.LedgerService", "GetEntry"),
         ("collabnet.ct.v1.LedgerService", "PutEntry"),
     ]
 
 
 def test_methods_of_several_services_share_one_retry_policy() -> None:
-    config = json.loads(retry_service_config([SAMPLE_SERVICE, ledger_service()], max_attempts=3))
+    config = json.loads(service_config([SAMPLE_SERVICE, ledger_service()], max_attempts=3))
     (method_config,) = config["methodConfig"]
     assert {(name["service"], name["method"]) for name in method_config["name"]} == {
         ("collabnet.kittest.v1.SampleService", "Echo"),
@@ -94,11 +94,12 @@ def test_methods_of_several_services_share_one_retry_policy() -> None:
     assert policy["retryableStatusCodes"] == ["UNAVAILABLE"]
 
 
-def test_a_service_without_idempotent_methods_gets_an_empty_config() -> None:
+def test_a_service_without_idempotent_methods_gets_no_retries_but_still_round_robin() -> None:
     level = descriptor_pb2.MethodOptions
     audit = service_with("AuditService", {"Record": level.IDEMPOTENCY_UNKNOWN, "Erase": None})
-    assert json.loads(retry_service_config([audit])) == {}
-    assert json.loads(retry_service_config([])) == {}
+    round_robin: dict[str, object] = {"loadBalancingConfig": [{"round_robin": {}}]}
+    assert json.loads(service_config([audit])) == round_robin
+    assert json.loads(service_config([])) == round_robin
 
 
 class Clock:

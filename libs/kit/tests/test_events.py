@@ -12,12 +12,14 @@ import sample
 import sqlalchemy as sa
 from kit_testing import Stack
 from nats.aio.msg import Msg
+from nats.js.errors import ServerError
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 from collabnet.kittest.v1 import kittest_pb2
 from collabnet_kit import bus as bus_module
 from collabnet_kit.bus import cloudevent_headers, deadletter_subject, stream_name
+from collabnet_kit.nats_server import NatsServer
 from collabnet_kit.outbox import Relay, new_event_id, record
 from collabnet_kit.tables import inbox, outbox
 from collabnet_kit.testing import eventually
@@ -279,3 +281,21 @@ async def test_sent_rows_are_purged_after_the_retention_and_unsent_ones_never(st
     assert left[0].sent_at is None
     assert left[0].headers["ce-type"] == SUBJECT
     assert await unsent(stack) == 1
+
+
+async def test_streams_are_made_with_the_replicas_asked_for(nats_server: NatsServer) -> None:
+    one = bus_module.Bus(nats_server.url, name="replicas-one")
+    three = bus_module.Bus(nats_server.url, name="replicas-three", stream_replicas=3)
+    await one.connect()
+    await three.connect()
+    try:
+        await one.ensure_stream("replicated")
+        assert (await one.js.stream_info(stream_name("replicated"))).config.num_replicas == 1
+        # One nats-server cannot keep three copies: JetStream refuses, rather than keeping fewer silently.
+        with pytest.raises(ServerError, match="replicas"):
+            await three.ensure_stream("replicated")
+        with pytest.raises(ServerError, match="replicas"):
+            await three.ensure_stream("unreplicated")
+    finally:
+        await one.close()
+        await three.close()

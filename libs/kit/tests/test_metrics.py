@@ -21,8 +21,9 @@ from prometheus_client.samples import Sample
 
 from collabnet.kittest.v1 import kittest_pb2
 from collabnet.kittest.v1.kittest_pb2_grpc import SampleServiceStub
+from collabnet_kit import client
 from collabnet_kit.bus import Bus
-from collabnet_kit.client import health_status
+from collabnet_kit.client import ServiceTokens, health_status
 from collabnet_kit.consumer import Consumer
 from collabnet_kit.db import Database
 from collabnet_kit.migrations import upgrade
@@ -32,10 +33,12 @@ from collabnet_kit.principal import Principal, PrincipalSigner
 from collabnet_kit.server import Service
 from collabnet_kit.settings import DEV_SIGNING_KEY, ServiceSettings
 from collabnet_kit.tables import outbox
+from collabnet_kit.telemetry import setup_telemetry
 from collabnet_kit.testing import eventually, running, service_settings
 
 PARTNER = (("authorization", f"Bearer {PrincipalSigner(DEV_SIGNING_KEY).sign(Principal(partner_id='retailer-r'))}"),)
 SAMPLE_SERVICE = "collabnet.kittest.v1.SampleService"
+SAMPLE_SERVICE_DESCRIPTOR = kittest_pb2.DESCRIPTOR.services_by_name["SampleService"]
 SUBJECT = kittest_pb2.NoteAdded.DESCRIPTOR.full_name
 
 
@@ -330,3 +333,36 @@ async def _never(*_: Any) -> None:
 def _no_otlp(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
+
+
+async def test_a_client_spreads_its_calls_over_every_replica_the_target_names(
+    measured: Service, reader: InMemoryMetricReader, database_url: str, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    # A second replica on the same database; the target names both, as a headless Kubernetes
+    # Service's DNS name names every ready pod. Each replica counts the calls it served.
+    second_reader = InMemoryMetricReader()
+    settings = service_settings(ServiceSettings, sample.NAME, database_url, nats_server.url, tmp_path / "second")
+    async with running(sample.create(settings, set_global_telemetry=False, metric_readers=[second_reader])) as second:
+        telemetry = setup_telemetry("caller", "0.1.0", tmp_path, set_global=False)
+        channel = client.channel(
+            f"ipv4:{measured.address},{second.address}",
+            SAMPLE_SERVICE_DESCRIPTOR,
+            telemetry=telemetry,
+            service_token=ServiceTokens(PrincipalSigner(DEV_SIGNING_KEY), "caller"),
+        )
+
+        def served() -> list[int]:
+            found = [histogram(r, "rpc.server.call.duration").get(rpc("Echo", "OK")) for r in (reader, second_reader)]
+            return [point.count if point is not None else 0 for point in found]
+
+        try:
+            # Round-robin picks among the connections that are up: the first calls may all go to the
+            # replica that connected first, but once both are up, both are used.
+            for _ in range(100):
+                await SampleServiceStub(channel).Echo(kittest_pb2.EchoRequest(text="hi"))
+                if all(served()):
+                    break
+        finally:
+            await channel.close()
+            telemetry.shutdown()
+        assert all(served()), served()

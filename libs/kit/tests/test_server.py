@@ -20,7 +20,7 @@ from collabnet_kit.client import health_status
 from collabnet_kit.errors import FieldViolation, InvalidArgument
 from collabnet_kit.nats_server import NatsServer
 from collabnet_kit.principal import Principal, PrincipalSigner
-from collabnet_kit.server import Service
+from collabnet_kit.server import LIVENESS, Service
 from collabnet_kit.settings import DEV_SIGNING_KEY, ServiceSettings
 from collabnet_kit.testing import eventually, running, service_settings
 
@@ -63,6 +63,7 @@ async def test_health_turns_not_serving_while_nats_is_away_and_back_when_it_retu
         return await health_of(channel) == SERVING
 
     await eventually(not_serving, timeout=10)
+    assert await health_of(channel, LIVENESS) == SERVING  # alive, only not ready: no reason to restart it
     nats_server.start()
     await eventually(serving, timeout=20)
 
@@ -78,6 +79,7 @@ async def test_health_is_not_serving_until_the_service_is_ready(
     try:
         async with grpc.aio.insecure_channel(svc.address) as ch:
             assert await health_of(ch) == NOT_SERVING
+            assert await health_of(ch, LIVENESS) == SERVING
             nats.start()
 
             async def serving() -> bool:

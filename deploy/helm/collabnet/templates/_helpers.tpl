@@ -121,6 +121,7 @@ true when a service sets false, so it cannot turn a default off). Lists are repl
   "COLLABNET_STATE_DIR" "/var/lib/collabnet"
   "COLLABNET_MIGRATE_ON_START" "false"
   "COLLABNET_NATS_URL" $v.nats.url
+  "COLLABNET_STREAM_REPLICAS" (toString $v.nats.streamReplicas)
 }}
 {{- if eq .svc.kind "http" }}
 {{- $_ := set $config "COLLABNET_HTTP_HOST" "0.0.0.0" }}

@@ -110,12 +110,14 @@ class Bus:
         user: str = "",
         password: str = "",
         duplicate_window_seconds: float = 120.0,
+        stream_replicas: int = 1,
         on_change: Callable[[], None] | None = None,
     ) -> None:
         self.url = url
         self.name = name
         self._user, self._password = user or None, password or None
         self.duplicate_window_seconds = duplicate_window_seconds
+        self.stream_replicas = stream_replicas
         self._on_change = on_change or (lambda: None)
         self._tracer = trace.get_tracer("collabnet_kit.bus", tracer_provider=tracer_provider)
         self._nc: Client | None = None
@@ -181,6 +183,7 @@ class Bus:
             subjects=[subject],
             storage=StorageType.FILE,
             duplicate_window=self.duplicate_window_seconds,
+            num_replicas=self.stream_replicas,
         )
         try:
             info = await self.js.stream_info(name)
@@ -189,9 +192,13 @@ class Bus:
             log.info("stream_created", stream=name, subjects=[subject])
             return
         current = info.config
-        if current.subjects != [subject] or (current.duplicate_window or 0) < self.duplicate_window_seconds:
+        if (
+            current.subjects != [subject]
+            or (current.duplicate_window or 0) < self.duplicate_window_seconds
+            or (current.num_replicas or 1) != self.stream_replicas
+        ):
             await self.js.update_stream(config)
-            log.info("stream_updated", stream=name, subjects=[subject])
+            log.info("stream_updated", stream=name, subjects=[subject], replicas=self.stream_replicas)
 
     async def publish(
         self,

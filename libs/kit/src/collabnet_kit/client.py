@@ -6,7 +6,9 @@
 Every call carries the principal: the token of the RPC being served when there is one (so the
 callee sees the same partner and party), otherwise the calling service's own. A call without a
 timeout gets the channel's default deadline. Methods declared ``idempotency_level =
-NO_SIDE_EFFECTS`` or ``IDEMPOTENT`` in the proto are retried when the callee is UNAVAILABLE.
+NO_SIDE_EFFECTS`` or ``IDEMPOTENT`` in the proto are retried when the callee is UNAVAILABLE. Calls
+are balanced round-robin over every address the target resolves to; servers close connections
+after ``grpc_max_connection_age_seconds``, so clients resolve again and find new replicas.
 """
 
 from __future__ import annotations
@@ -27,16 +29,20 @@ from collabnet_kit.telemetry import Telemetry
 _RETRYABLE = (MethodOptions.NO_SIDE_EFFECTS, MethodOptions.IDEMPOTENT)
 
 
-def retry_service_config(services: Sequence[ServiceDescriptor], max_attempts: int = 4) -> str:
-    """A gRPC service config that retries the idempotent methods of ``services`` on UNAVAILABLE."""
+def service_config(services: Sequence[ServiceDescriptor], max_attempts: int = 4) -> str:
+    """A gRPC service config that balances calls round-robin over the target's addresses and retries
+    the idempotent methods of ``services`` on UNAVAILABLE."""
     names = [
         {"service": service.full_name, "method": method.name}
         for service in services
         for method in service.methods
         if method.GetOptions().idempotency_level in _RETRYABLE
     ]
+    # Calls spread over every address the target resolves to (each replica behind a headless
+    # Kubernetes Service) instead of all riding one connection to one of them.
+    config: dict[str, Any] = {"loadBalancingConfig": [{"round_robin": {}}]}
     if not names:
-        return json.dumps({})
+        return json.dumps(config)
     policy = {
         "maxAttempts": max_attempts,
         "initialBackoff": "0.05s",
@@ -44,7 +50,7 @@ def retry_service_config(services: Sequence[ServiceDescriptor], max_attempts: in
         "backoffMultiplier": 2,
         "retryableStatusCodes": ["UNAVAILABLE"],
     }
-    return json.dumps({"methodConfig": [{"name": names, "retryPolicy": policy}]})
+    return json.dumps({**config, "methodConfig": [{"name": names, "retryPolicy": policy}]})
 
 
 async def health_status(channel: grpc.aio.Channel, service: str = "", timeout: float = 2.0) -> str:
@@ -120,7 +126,7 @@ def channel(
     interceptors = [*telemetry.grpc_client_interceptors(), _CallerInterceptor(token, default_timeout)]
     options = [
         ("grpc.enable_retries", 1),
-        ("grpc.service_config", retry_service_config(services)),
+        ("grpc.service_config", service_config(services)),
         ("grpc.keepalive_time_ms", 30_000),
     ]
     if credentials is not None:

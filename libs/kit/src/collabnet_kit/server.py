@@ -4,8 +4,10 @@ A service's ``app.py`` says what it is: its settings, its migration history, the
 to, and a ``wire`` function that builds its servicers and consumers from the runtime (database,
 bus, telemetry, principal signer). ``Service`` then
 
-- serves gRPC with the standard health service (NOT_SERVING until the database and NATS are ready,
-  and again whenever either is lost), reflection, server spans and ``rpc.server.call.duration``
+- serves gRPC with the standard health service: the overall status ("") and each API's are
+  NOT_SERVING until the database and NATS are ready, and again whenever either is lost (readiness);
+  ``liveness`` is SERVING as long as the process answers (a lost dependency is no reason to
+  restart it); then reflection, server spans and ``rpc.server.call.duration``
   (health and reflection left out), principal verification, access logs, and errors mapped from
   ``DomainError``;
 - exports metrics over OTLP when configured, and as Prometheus text when ``metrics_port`` is set;
@@ -44,6 +46,9 @@ from collabnet_kit.principal import METADATA_KEY, PrincipalSigner, acting_as
 from collabnet_kit.settings import ServiceSettings
 
 log = structlog.get_logger(__name__)
+
+LIVENESS = "liveness"
+"""The health service name that is SERVING while the process answers, whatever its dependencies do."""
 
 _UNTRACED_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 
@@ -307,6 +312,7 @@ class Service:
             user=s.nats_user,
             password=s.nats_password.get_secret_value(),
             duplicate_window_seconds=s.stream_duplicate_window_seconds,
+            stream_replicas=s.stream_replicas,
             on_change=self._refresh_health_soon,
         )
         signer = PrincipalSigner(s.principal_signing_key.get_secret_value(), s.principal_ttl_seconds)
@@ -330,7 +336,11 @@ class Service:
         assert self.wiring is not None
         s = self.settings
         rpc = RpcInterceptor(signer, tel.meter("collabnet_kit.server"))
-        server = grpc.aio.server(interceptors=[tel.grpc_server_interceptor(), rpc])
+        options = [
+            ("grpc.max_connection_age_ms", int(s.grpc_max_connection_age_seconds * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(s.shutdown_grace_seconds * 1000)),
+        ]
+        server = grpc.aio.server(interceptors=[tel.grpc_server_interceptor(), rpc], options=options)
         for api in self.wiring.apis:
             api.add_to_server(api.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -338,6 +348,8 @@ class Service:
         self.port = server.add_insecure_port(f"{s.grpc_host}:{s.grpc_port}")
         await server.start()
         self._server = server
+        # Liveness is the process answering; readiness ("" and each API) also needs the database and NATS.
+        await self._health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         log.info("service_listening", address=self.address, version=self.version)
 
     async def _bring_up(self) -> None:

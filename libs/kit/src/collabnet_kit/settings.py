@@ -47,7 +47,13 @@ class ServiceSettings(BaseSettings):
     consumer_ack_wait_seconds: float = Field(default=30.0, gt=0)
     health_check_seconds: float = Field(default=2.0, gt=0)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    # Clients' connections are closed (gracefully) after this long, so they resolve the service's
+    # name again and spread their calls over replicas that started since.
+    grpc_max_connection_age_seconds: float = Field(default=300.0, gt=0)
     stream_duplicate_window_seconds: float = Field(default=120.0, ge=120.0)
+    # Copies JetStream keeps of each stream: 1 for one nats-server; 3 on a cluster, so an acknowledged
+    # event survives the loss of a server (JetStream acknowledges before it writes to disk).
+    stream_replicas: int = Field(default=1, ge=1, le=5)
     # The Prometheus scrape endpoint (``/metrics``); 0 serves none (OTLP metrics are separate).
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=0, ge=0, le=65535)
