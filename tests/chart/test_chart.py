@@ -794,3 +794,44 @@ def test_no_value_renders_as_a_float_or_in_exponent_form(objects: list[Obj]) -> 
             assert not isinstance(value, float), obj["metadata"]["name"]
             if isinstance(value, str):
                 assert not re.fullmatch(r"\d+(\.\d+)?e[+-]\d+", value), obj["metadata"]["name"]
+
+
+# --- the README's install steps ------------------------------------------------------------------
+
+
+def _deployment_section() -> str:
+    readme = (REPO / "README.md").read_text()
+    return readme[readme.index("\n## Deployment") :]
+
+
+def test_the_readme_creates_every_secret_the_production_rendering_reads() -> None:
+    steps = _deployment_section()
+    (services,) = re.findall(r'^SERVICES="([^"]+)"', steps, flags=re.MULTILINE)
+    created = set(re.findall(r"kubectl -n collabnet create secret generic (\S+)", steps))
+    keys: set[str] = set()
+    for key in re.findall(r"--from-literal=([$\w-]+)=", steps):  # $s: once for each of $SERVICES
+        keys.update({key.replace("$s", service) for service in services.split()})
+    read = {
+        (ref["name"], ref["key"])
+        for workload in render(VALUES["production"])
+        if workload["kind"] in WORKLOAD_KINDS
+        for container in containers(workload)
+        for env in container.get("env", [])
+        if (ref := env.get("valueFrom", {}).get("secretKeyRef"))
+    }
+    assert read, "the production rendering reads no Secret"
+    assert {name for name, _ in read} <= created, sorted({name for name, _ in read} - created)
+    assert {key for _, key in read} <= keys, sorted({key for _, key in read} - keys)
+    assert set(services.split()) == {
+        workload["metadata"]["labels"]["app.kubernetes.io/component"]
+        for workload in of_kind(render(VALUES["production"]), "Deployment")
+    }
+
+
+def test_the_readme_installs_the_chart_and_nats_where_the_production_values_expect_them() -> None:
+    steps = _deployment_section()
+    assert (
+        "helm install collabnet deploy/helm/collabnet -n collabnet \\\n  -f deploy/helm/values-production.yaml" in steps
+    )
+    (release, namespace) = re.findall(r"helm install (\S+) nats/nats -n (\S+)", steps)[0]
+    assert VALUES["production"]["nats"]["url"] == f"nats://{release}.{namespace}.svc:4222"
