@@ -6,49 +6,26 @@ every process wrote, across the gateway, reviews, NATS and improvement."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-
-import pytest
 
 from collabnet_cli import operator
 from collabnet_cli.gateway import Caller, Gateway, WebhookEndpoint
-from collabnet_cli.stack import Component, Stack, installed_components
+from collabnet_cli.stack import Stack
 from collabnet_cli.story import CASE_OPENED, OBJECTIVE, ClosedLoop
 from collabnet_cli.traces import Span, read_spans
 from collabnet_gateway.domain import verify
-from collabnet_kit.nats_server import free_port
 from collabnet_kit.testing import eventually
 
 
-@pytest.fixture
-async def stack(tmp_path: Path, database_factory: Callable[[], str]) -> AsyncIterator[Stack]:
-    """The whole system, as ``collabnet up`` starts it, on free ports and this test's backend."""
-    components = [
-        Component(c.name, c.module, free_port(), c.protocol, {"COLLABNET_DATABASE_URL": database_factory()})
-        for c in installed_components()
-    ]
-    system = Stack(tmp_path / "state", components, nats_port=free_port(), start_timeout=120)
-    try:
-        await system.up()
-        yield system
-    finally:
-        await system.down()
-
-
-def address(stack: Stack, name: str) -> str:
-    return next(c.address for c in stack.components if c.name == name)
-
-
 async def test_the_closed_loop_through_the_gateway_in_one_trace(stack: Stack) -> None:
-    key = await operator.ensure_operator(stack.state_dir, address(stack, "identity"))
+    key = await operator.ensure_operator(stack.state_dir, stack.address("identity"))
     with WebhookEndpoint() as webhooks:
-        async with Gateway(f"http://{address(stack, 'gateway')}") as gateway:
+        async with Gateway(f"http://{stack.address('gateway')}") as gateway:
             loop = ClosedLoop(gateway, Caller(key.partner_id, key.secret), webhooks)
             await the_story_holds(loop)
     await the_review_is_one_trace_across_processes(stack.state_dir, loop)
     # The operator's key is kept for the next start, not made again.
-    assert await operator.ensure_operator(stack.state_dir, address(stack, "identity")) == key
+    assert await operator.ensure_operator(stack.state_dir, stack.address("identity")) == key
 
 
 async def the_story_holds(loop: ClosedLoop) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from prometheus_client.samples import Sample
 
 from collabnet_cli import operator
 from collabnet_cli.gateway import Caller, Gateway, WebhookEndpoint
-from collabnet_cli.stack import Component, Stack, installed_components
+from collabnet_cli.stack import Stack
 from collabnet_cli.story import ClosedLoop
 from collabnet_kit.nats_server import free_port
 from collabnet_kit.testing import eventually
@@ -165,33 +165,13 @@ def labels(text: str, name: str, *keys: str) -> set[tuple[str, ...]]:
 
 
 @pytest.fixture
-async def stack(tmp_path: Path, database_factory: Callable[[], str]) -> AsyncIterator[Stack]:
-    """The whole system as ``collabnet up`` starts it, each process with a scrape endpoint."""
-    components = [
-        Component(
-            c.name,
-            c.module,
-            free_port(),
-            c.protocol,
-            {"COLLABNET_DATABASE_URL": database_factory(), "COLLABNET_METRICS_PORT": str(free_port())},
-        )
-        for c in installed_components()
-    ]
-    system = Stack(tmp_path / "state", components, nats_port=free_port(), start_timeout=120)
-    try:
-        await system.up()
-        yield system
-    finally:
-        await system.down()
+def component_env() -> Callable[[], dict[str, str]]:
+    """Each process with a scrape endpoint."""
+    return lambda: {"COLLABNET_METRICS_PORT": str(free_port())}
 
 
 def metrics_url(stack: Stack, name: str) -> str:
-    component = next(c for c in stack.components if c.name == name)
-    return f"http://127.0.0.1:{component.env['COLLABNET_METRICS_PORT']}/metrics"
-
-
-def address(stack: Stack, name: str) -> str:
-    return next(c.address for c in stack.components if c.name == name)
+    return f"http://127.0.0.1:{stack.component(name).env['COLLABNET_METRICS_PORT']}/metrics"
 
 
 async def scrape(stack: Stack, name: str) -> str:
@@ -203,9 +183,9 @@ async def scrape(stack: Stack, name: str) -> str:
 
 
 async def test_every_process_exports_the_contract_metrics(stack: Stack) -> None:
-    key = await operator.ensure_operator(stack.state_dir, address(stack, "identity"))
+    key = await operator.ensure_operator(stack.state_dir, stack.address("identity"))
     with WebhookEndpoint() as webhooks:
-        async with Gateway(f"http://{address(stack, 'gateway')}") as gateway:
+        async with Gateway(f"http://{stack.address('gateway')}") as gateway:
             loop = ClosedLoop(gateway, Caller(key.partner_id, key.secret), webhooks)
             # Partners join, M registers P (community and reviews hear of it), R's customers join
             # M's community, and B buys P and reviews it (improvement hears of the review).

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sample
+from opentelemetry import metrics
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
@@ -33,15 +36,21 @@ class Stack:
     tracer_provider: TracerProvider
 
 
-@pytest.fixture
-async def stack(
-    database_url: str, nats_server: NatsServer, span_processor: SimpleSpanProcessor
-) -> AsyncIterator[Stack]:
-    provider = TracerProvider()
-    provider.add_span_processor(span_processor)
+@asynccontextmanager
+async def event_path(
+    database_url: str,
+    nats_url: str,
+    *,
+    tracer_provider: TracerProvider | None = None,
+    meter: metrics.Meter | None = None,
+    relay_poll_seconds: float = 0.1,
+    **consumer_options: Any,
+) -> AsyncIterator[tuple[Database, Bus, Relay, Consumer, sample.Behaviour]]:
+    """The sample service's migrated database, a bus with its stream, and a relay and a consumer
+    (not started) of its NoteAdded events; everything is closed afterwards."""
     db = Database(database_url)
     await upgrade(db, [sample.HISTORY])
-    bus = Bus(nats_server.url, name="kittest", tracer_provider=provider)
+    bus = Bus(nats_url, name="kittest", tracer_provider=tracer_provider)
     await bus.connect()
     await bus.ensure_stream(sample.NAME)
     behaviour = sample.Behaviour()
@@ -51,17 +60,28 @@ async def stack(
         name=sample.NAME,
         domain=sample.NAME,
         handlers={kittest_pb2.NoteAdded: behaviour.on_note_added},
-        tracer_provider=provider,
-        max_deliveries=3,
-        backoff_seconds=0.05,
-        ack_wait_seconds=1.0,
+        tracer_provider=tracer_provider,
+        meter=meter,
+        **{"max_deliveries": 3, "backoff_seconds": 0.05, "ack_wait_seconds": 1.0, **consumer_options},
     )
-    relay = Relay(db, bus, poll_seconds=0.1)
-    yield Stack(db, bus, relay, consumer, behaviour, provider)
-    await consumer.stop()
-    await relay.stop(flush=False)
-    await bus.close()
-    await db.dispose()
+    relay = Relay(db, bus, poll_seconds=relay_poll_seconds, meter=meter)
+    try:
+        yield db, bus, relay, consumer, behaviour
+    finally:
+        await consumer.stop()
+        await relay.stop(flush=False)
+        await bus.close()
+        await db.dispose()
+
+
+@pytest.fixture
+async def stack(
+    database_url: str, nats_server: NatsServer, span_processor: SimpleSpanProcessor
+) -> AsyncIterator[Stack]:
+    provider = TracerProvider()
+    provider.add_span_processor(span_processor)
+    async with event_path(database_url, nats_server.url, tracer_provider=provider) as parts:
+        yield Stack(*parts, provider)
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import httpx
 import prometheus_client
 import pytest
 import sample
+from kit_testing import event_path
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, NumberDataPoint
 from prometheus_client.parser import text_string_to_metric_families
@@ -26,7 +27,6 @@ from collabnet_kit.bus import Bus
 from collabnet_kit.client import ServiceTokens, health_status
 from collabnet_kit.consumer import Consumer
 from collabnet_kit.db import Database
-from collabnet_kit.migrations import upgrade
 from collabnet_kit.nats_server import NatsServer, free_port
 from collabnet_kit.outbox import Relay, new_event_id, record
 from collabnet_kit.principal import Principal, PrincipalSigner
@@ -212,31 +212,12 @@ class EventPath:
 async def path(database_url: str, nats_server: NatsServer) -> AsyncIterator[EventPath]:
     reader = InMemoryMetricReader()
     meter = MeterProvider(metric_readers=[reader]).get_meter("test")
-    db = Database(database_url)
-    await upgrade(db, [sample.HISTORY])
-    bus = Bus(nats_server.url, name="kittest")
-    await bus.connect()
-    await bus.ensure_stream(sample.NAME)
-    behaviour = sample.Behaviour()
-    consumer = Consumer(
-        bus,
-        db,
-        name=sample.NAME,
-        domain=sample.NAME,
-        handlers={kittest_pb2.NoteAdded: behaviour.on_note_added},
-        meter=meter,
-        max_deliveries=3,
-        backoff_seconds=0.05,
-        ack_wait_seconds=1.0,
-        fetch_seconds=0.2,
-        lag_seconds=3600,  # read once as the consumer starts; tests read it again themselves
+    # The lag is read once as the consumer starts; the tests read it again themselves.
+    parts = event_path(
+        database_url, nats_server.url, meter=meter, relay_poll_seconds=0.05, fetch_seconds=0.2, lag_seconds=3600
     )
-    relay = Relay(db, bus, poll_seconds=0.05, meter=meter)
-    yield EventPath(db, bus, relay, consumer, behaviour, reader)
-    await consumer.stop()
-    await relay.stop(flush=False)
-    await bus.close()
-    await db.dispose()
+    async with parts as (db, bus, relay, consumer, behaviour):
+        yield EventPath(db, bus, relay, consumer, behaviour, reader)
 
 
 async def add_note(path: EventPath, text: str) -> str:

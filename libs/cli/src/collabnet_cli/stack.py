@@ -91,6 +91,13 @@ class Stack:
         self.stop_timeout = stop_timeout
         self.processes: dict[str, asyncio.subprocess.Process] = {}
 
+    def component(self, name: str) -> Component:
+        return next(c for c in self.components if c.name == name)
+
+    def address(self, name: str) -> str:
+        """Where the component ``name`` listens (host:port)."""
+        return self.component(name).address
+
     def log_file(self, component: Component) -> Path:
         return self.state_dir / "logs" / f"{component.name}.log"
 
