@@ -15,13 +15,15 @@ import jwt
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import ServiceDescriptor
+from grpc_health.v1 import health, health_pb2_grpc
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from collabnet.kittest.v1 import kittest_pb2, kittest_pb2_grpc
 from collabnet.kittest.v1.kittest_pb2_grpc import SampleServiceStub
 from collabnet_kit import client
-from collabnet_kit.client import ServiceTokens, service_config
+from collabnet_kit.client import ServiceTokens, health_status, service_config
+from collabnet_kit.nats_server import free_port
 from collabnet_kit.principal import Principal, PrincipalSigner, acting_as
 from collabnet_kit.server import Service
 from collabnet_kit.settings import DEV_SIGNING_KEY
@@ -309,3 +311,37 @@ async def test_an_explicit_timeout_replaces_the_default_deadline(
     # The server saw the explicit deadline, not the hour-long default.
     (remaining,) = servicer.time_remaining
     assert remaining is not None and remaining < 1
+
+
+async def test_a_new_channel_reaches_a_callee_restarted_on_the_address_another_channel_saw_fail(
+    caller_telemetry: Telemetry,
+) -> None:
+    async def serve(port: int) -> grpc.aio.Server:
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        return server
+
+    def open_channel() -> grpc.aio.Channel:
+        return client.channel(
+            f"127.0.0.1:{port}", telemetry=caller_telemetry, service_token=ServiceTokens(signer, "caller")
+        )
+
+    port = free_port()
+    server = await serve(port)
+    first = open_channel()
+    try:
+        assert await health_status(first) == "SERVING"
+        await server.stop(None)
+        with pytest.raises(grpc.aio.AioRpcError):  # its connection fails, and backs off
+            await health_status(first, timeout=0.5)
+        server = await serve(port)
+        second = open_channel()
+        try:
+            assert await health_status(second, timeout=2) == "SERVING"
+        finally:
+            await second.close()
+    finally:
+        await first.close()
+        await server.stop(None)

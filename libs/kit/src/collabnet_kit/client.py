@@ -128,6 +128,10 @@ def channel(
         ("grpc.enable_retries", 1),
         ("grpc.service_config", service_config(services)),
         ("grpc.keepalive_time_ms", 30_000),
+        # Connections of its own: from gRPC's process-wide pool a new channel would take over another
+        # channel's connection to the same address, and with it the back-off of that connection's
+        # failures (a restarted callee on the same address would be UNAVAILABLE until it ran out).
+        ("grpc.use_local_subchannel_pool", 1),
     ]
     if credentials is not None:
         return grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
