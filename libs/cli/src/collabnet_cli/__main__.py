@@ -4,19 +4,27 @@ collabnet up               start nats-server and every installed service on this
                            demo network, and run until Ctrl-C
 collabnet demo             tell the closed loop against the running stack, step by step
 collabnet traces [ID]      draw a trace (the latest by default) from the local span files
+collabnet deadletter list  the events consumers gave up on, still in the dead-letter stream
+collabnet deadletter replay --seq N ... | --all
+                           publish them again to their subjects, then delete them
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Awaitable, Sequence
 from pathlib import Path
 
-from collabnet_cli import demo_network, operator, traces
+from nats.js import JetStreamContext
+
+from collabnet_cli import deadletter, demo_network, operator, traces
 from collabnet_cli.gateway import Caller, Gateway, GatewayError, WebhookEndpoint
 from collabnet_cli.stack import NATS_PORT, Component, Stack, StackError, installed_components, tail
 from collabnet_cli.story import ClosedLoop, Step
@@ -133,6 +141,81 @@ def show_trace(state_dir: Path, trace_id: str | None) -> int:
     return 0
 
 
+def _server(url: str) -> str:
+    """``url`` without a password it may hold, for messages."""
+    scheme, _, rest = url.rpartition("://")
+    host = rest.rpartition("@")[2]
+    return f"{scheme}://{host}" if scheme else host
+
+
+async def dead_letters(args: argparse.Namespace) -> int:
+    """``collabnet deadletter list`` and ``replay``: connect, do it, print it."""
+    _, user, password = deadletter.nats_settings()
+    try:
+        nc = await deadletter.connect(args.nats_url, user, password)
+    except deadletter.CONNECTION_ERRORS as error:
+        _fail(f"cannot connect to NATS at {_server(args.nats_url)}: {deadletter.describe(error)}")
+        return 1
+    try:
+        js = nc.jetstream()
+        letters = await deadletter.list_dead_letters(js, args.consumer)
+        if args.action == "list":
+            if args.json:
+                for letter in letters:
+                    _say(json.dumps(letter.as_json()))
+            else:
+                for line in deadletter.table(letters, shutil.get_terminal_size((120, 24)).columns):
+                    _say(line)
+            return 0
+        return await _replay(js, letters, args)
+    except deadletter.CONNECTION_ERRORS as error:
+        _fail(f"NATS at {_server(args.nats_url)}: {deadletter.describe(error)}")
+        return 1
+    finally:
+        with contextlib.suppress(*deadletter.CONNECTION_ERRORS):
+            await nc.close()
+
+
+async def _replay(js: JetStreamContext, letters: list[deadletter.DeadLetter], args: argparse.Namespace) -> int:
+    chosen, missing = deadletter.select(letters, None if args.all else args.seq)
+    of = f" of consumer {args.consumer}" if args.consumer else ""
+    for seq in missing:
+        _fail(f"no dead letter {seq}{of} (replayed or deleted already?)")
+    if not chosen:
+        _say(f"no dead letters{of} to replay")
+        return 1 if missing else 0
+    results = await deadletter.replay(js, chosen)
+    for result in results:
+        letter = result.letter
+        what = f"{letter.seq} ({letter.consumer}, event {letter.event_id or '-'})"
+        if not result.stream:
+            _fail(f"{what} not replayed, the dead letter stays: {result.error}")
+            continue
+        where = f"{result.stream} #{result.stream_seq}"
+        if result.duplicate:
+            where = f"dropped by {result.stream} as a duplicate of a replay moments ago"
+        _say(f"replayed {what} to {letter.subject}: {where}")
+        if not result.ok:
+            _fail(f"{letter.seq}: {result.error}")
+    replayed = sum(1 for result in results if result.stream)
+    _say(f"replayed {replayed} of {len(chosen)} dead letter{'' if len(chosen) == 1 else 's'}")
+    return 0 if not missing and all(result.ok for result in results) else 1
+
+
+def _fail(text: str) -> None:
+    print(f"collabnet deadletter: {text}", file=sys.stderr, flush=True)
+
+
+def _sequence(text: str) -> int:
+    try:
+        seq = int(text)
+    except ValueError:
+        seq = 0
+    if seq < 1:
+        raise argparse.ArgumentTypeError(f"not a stream sequence: {text!r}")
+    return seq
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="collabnet", description="Run and operate collabnet.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -146,7 +229,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     story.add_argument("--gateway", default=GATEWAY_URL, help=f"the gateway's address (default {GATEWAY_URL})")
     draw = commands.add_parser("traces", parents=[state_dir], help="draw a trace from the local span files")
     draw.add_argument("trace_id", nargs="?", help="a trace id or a prefix of 8 or more digits (default: the latest)")
+    nats_url = deadletter.nats_settings()[0]
+    dead = commands.add_parser("deadletter", help="list and replay the events consumers gave up on")
+    dead_commands = dead.add_subparsers(dest="action", required=True)
+    nats_options = argparse.ArgumentParser(add_help=False)
+    nats_options.add_argument(
+        "--nats-url", default=nats_url, help=f"NATS (default COLLABNET_NATS_URL or {deadletter.DEFAULT_NATS_URL})"
+    )
+    nats_options.add_argument("--consumer", help="only the dead letters of this consumer (durable name)")
+    show = dead_commands.add_parser("list", parents=[nats_options], help="the dead letters still in the stream")
+    show.add_argument("--json", action="store_true", help="one JSON object per line")
+    again = dead_commands.add_parser(
+        "replay", parents=[nats_options], help="publish dead letters again to their subjects, then delete them"
+    )
+    which = again.add_mutually_exclusive_group()
+    which.add_argument(
+        "--seq", type=_sequence, nargs="+", action="extend", metavar="N", help="the dead letters' sequences (list)"
+    )
+    which.add_argument("--all", action="store_true", help="every dead letter (of --consumer, when given)")
     args = parser.parse_args(argv)
+    if args.command == "deadletter":
+        if args.action == "replay" and not args.seq and not args.all:
+            again.error("say which dead letters to replay: --seq N ... (from collabnet deadletter list) or --all")
+        sys.exit(asyncio.run(dead_letters(args)))
     if args.command == "up":
         sys.exit(asyncio.run(up(args.state_dir, args.nats_port, args.port_offset, demo=not args.no_demo)))
     if args.command == "demo":
