@@ -182,6 +182,15 @@ async def scrape(stack: Stack, name: str) -> str:
     return response.text
 
 
+async def until_labelled(stack: Stack, name: str, series: str, **wanted: str) -> None:
+    """Wait until the process ``name`` exports ``series`` with the labels ``wanted``."""
+
+    async def exported() -> bool:
+        return tuple(wanted.values()) in labels(await scrape(stack, name), series, *wanted)
+
+    await eventually(exported, timeout=20)
+
+
 async def test_every_process_exports_the_contract_metrics(stack: Stack) -> None:
     key = await operator.ensure_operator(stack.state_dir, stack.address("identity"))
     with WebhookEndpoint() as webhooks:
@@ -236,13 +245,9 @@ async def test_every_process_exports_the_contract_metrics(stack: Stack) -> None:
         "reviews": "collabnet.reviews.v1.ReviewPublished",
     }
     for name, subject in published.items():
-
-        async def publish_of(name: str = name, subject: str = subject) -> bool:
-            text = await scrape(stack, name)
-            subjects = labels(text, "collabnet_relay_publish_duration_seconds_count", "messaging_destination_name")
-            return (subject,) in subjects
-
-        await eventually(publish_of, timeout=20)
+        await until_labelled(
+            stack, name, "collabnet_relay_publish_duration_seconds_count", messaging_destination_name=subject
+        )
 
     # Consumers: lag and the counters by durable; latency of the events they handled.
     for name in CONSUMERS:
@@ -256,13 +261,9 @@ async def test_every_process_exports_the_contract_metrics(stack: Stack) -> None:
         "improvement": "collabnet.reviews.v1.ReviewPublished",
     }
     for name, subject in handled.items():
-
-        async def latency_of(name: str = name, subject: str = subject) -> bool:
-            text = await scrape(stack, name)
-            seen = labels(text, "collabnet_event_latency_seconds_count", "durable", "messaging_destination_name")
-            return (name, subject) in seen
-
-        await eventually(latency_of, timeout=20)
+        await until_labelled(
+            stack, name, "collabnet_event_latency_seconds_count", durable=name, messaging_destination_name=subject
+        )
 
     # Together, the processes export every name of the contract.
     everything = set().union(*[scraped_names(await scrape(stack, c.name)) for c in stack.components])

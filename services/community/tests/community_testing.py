@@ -30,7 +30,7 @@ from collabnet_kit.nats_server import NatsServer
 from collabnet_kit.principal import Principal, PrincipalSigner
 from collabnet_kit.server import Service
 from collabnet_kit.settings import DEV_SIGNING_KEY
-from collabnet_kit.testing import DatabaseFactory, eventually, running, service_settings
+from collabnet_kit.testing import eventually, migrated_database_url, running, service_settings
 
 if TYPE_CHECKING:
     from collabnet.community.v1.community_pb2_grpc import CommunityServiceAsyncStub
@@ -111,11 +111,7 @@ def community_settings(database_url: str, nats_url: str, state_dir: Path, **over
     return service_settings(Settings, NAME, database_url, nats_url, state_dir, **(values | overrides))
 
 
-@pytest.fixture
-def database_url(database_factory: DatabaseFactory) -> str:
-    """This test's database of the community service, at the head of its migrations as the service would
-    leave it at start (the migrations themselves are tested on ``database_factory()``)."""
-    return database_factory(migrated=[store.HISTORY])
+database_url = migrated_database_url(store.HISTORY)
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from collabnet_kit.nats_server import NatsServer
 from collabnet_kit.principal import Principal, PrincipalSigner
 from collabnet_kit.server import Service
 from collabnet_kit.settings import DEV_SIGNING_KEY
-from collabnet_kit.testing import DatabaseFactory, eventually, running, service_settings
+from collabnet_kit.testing import eventually, migrated_database_url, running, service_settings
 
 if TYPE_CHECKING:
     from collabnet.identity.v1.identity_pb2_grpc import IdentityServiceAsyncStub
@@ -53,11 +53,7 @@ def partner(partner_id: str, *, acting_for: str | None = None, scopes: frozenset
     return as_principal(Principal(partner_id=partner_id, party_id=acting_for, scopes=scopes))
 
 
-@pytest.fixture
-def database_url(database_factory: DatabaseFactory) -> str:
-    """This test's database of the identity service, at the head of its migrations as the service would
-    leave it at start (the migrations themselves are tested on ``database_factory()``)."""
-    return database_factory(migrated=[store.HISTORY])
+database_url = migrated_database_url(store.HISTORY)
 
 
 @pytest.fixture

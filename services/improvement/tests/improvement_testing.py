@@ -33,7 +33,7 @@ from collabnet_kit.nats_server import NatsServer
 from collabnet_kit.principal import Principal, PrincipalSigner
 from collabnet_kit.server import Service
 from collabnet_kit.settings import DEV_SIGNING_KEY
-from collabnet_kit.testing import DatabaseFactory, eventually, running, service_settings
+from collabnet_kit.testing import eventually, migrated_database_url, running, service_settings
 
 if TYPE_CHECKING:
     from collabnet.improvement.v1.improvement_pb2_grpc import ImprovementServiceAsyncStub as Improvement
@@ -378,11 +378,7 @@ async def build_world(h: Harness) -> World:
     return w
 
 
-@pytest.fixture
-def database_url(database_factory: DatabaseFactory) -> str:
-    """This test's database of the improvement service, at the head of its migrations as the service would
-    leave it at start (the migrations themselves are tested on ``database_factory()``)."""
-    return database_factory(migrated=[store.HISTORY])
+database_url = migrated_database_url(store.HISTORY)
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from collabnet_kit.nats_server import NatsServer
 from collabnet_kit.principal import Principal, PrincipalSigner
 from collabnet_kit.server import Service
 from collabnet_kit.settings import DEV_SIGNING_KEY
-from collabnet_kit.testing import DatabaseFactory, eventually, running, service_settings
+from collabnet_kit.testing import eventually, migrated_database_url, running, service_settings
 from collabnet_reviews import store
 from collabnet_reviews.app import NAME, Settings, create
 
@@ -92,11 +92,7 @@ async def start_identity(database_url: str, nats_server: NatsServer, state_dir: 
     return service
 
 
-@pytest.fixture
-def identity_database_url(database_factory: DatabaseFactory) -> str:
-    """Identity's own database, on the backend of the test (made outside the event loop), at the head
-    of identity's migrations."""
-    return database_factory(migrated=[identity_store.HISTORY])
+identity_database_url = migrated_database_url(identity_store.HISTORY, name="identity_database_url")
 
 
 @pytest.fixture
@@ -119,11 +115,7 @@ def reviews_settings(database_url: str, nats_server: NatsServer, state_dir: Path
     )
 
 
-@pytest.fixture
-def database_url(database_factory: DatabaseFactory) -> str:
-    """This test's database of the reviews service, at the head of its migrations as the service would
-    leave it at start (the migrations themselves are tested on ``database_factory()``)."""
-    return database_factory(migrated=[store.HISTORY])
+database_url = migrated_database_url(store.HISTORY)
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from collabnet_kit.nats_server import NatsServer, free_port
 from collabnet_kit.principal import Principal, PrincipalSigner
 from collabnet_kit.server import Service
 from collabnet_kit.settings import DEV_SIGNING_KEY
-from collabnet_kit.testing import DatabaseFactory, eventually, running, service_settings
+from collabnet_kit.testing import eventually, migrated_database_url, running, service_settings
 from collabnet_supplychain import domain, store
 from collabnet_supplychain.app import NAME, Settings, create
 
@@ -155,18 +155,10 @@ def supplychain_service(
     return create(settings, span_processor=span_processor, set_global_telemetry=False)
 
 
-@pytest.fixture
-def identity_database_url(database_factory: DatabaseFactory) -> str:
-    """Identity's own database, on the test's backend (made outside the event loop, as the factory needs),
-    at the head of identity's migrations."""
-    return database_factory(migrated=[identity_store.HISTORY])
+identity_database_url = migrated_database_url(identity_store.HISTORY, name="identity_database_url")
 
 
-@pytest.fixture
-def database_url(database_factory: DatabaseFactory) -> str:
-    """This test's database of the supplychain service, at the head of its migrations as the service would
-    leave it at start (the migrations themselves are tested on ``database_factory()``)."""
-    return database_factory(migrated=[store.HISTORY])
+database_url = migrated_database_url(store.HISTORY)
 
 
 @pytest.fixture

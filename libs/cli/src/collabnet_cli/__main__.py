@@ -150,9 +150,9 @@ def _server(url: str) -> str:
 
 async def dead_letters(args: argparse.Namespace) -> int:
     """``collabnet deadletter list`` and ``replay``: connect, do it, print it."""
-    _, user, password = deadletter.nats_settings()
+    settings = deadletter.nats_settings()
     try:
-        nc = await deadletter.connect(args.nats_url, user, password)
+        nc = await deadletter.connect(args.nats_url, settings.nats_user, settings.nats_password.get_secret_value())
     except deadletter.CONNECTION_ERRORS as error:
         _fail(f"cannot connect to NATS at {_server(args.nats_url)}: {deadletter.describe(error)}")
         return 1
@@ -229,12 +229,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     story.add_argument("--gateway", default=GATEWAY_URL, help=f"the gateway's address (default {GATEWAY_URL})")
     draw = commands.add_parser("traces", parents=[state_dir], help="draw a trace from the local span files")
     draw.add_argument("trace_id", nargs="?", help="a trace id or a prefix of 8 or more digits (default: the latest)")
-    nats_url = deadletter.nats_settings()[0]
+    nats_url = deadletter.nats_settings().nats_url
     dead = commands.add_parser("deadletter", help="list and replay the events consumers gave up on")
     dead_commands = dead.add_subparsers(dest="action", required=True)
     nats_options = argparse.ArgumentParser(add_help=False)
     nats_options.add_argument(
-        "--nats-url", default=nats_url, help=f"NATS (default COLLABNET_NATS_URL or {deadletter.DEFAULT_NATS_URL})"
+        "--nats-url", default=nats_url, help=f"NATS (default COLLABNET_NATS_URL: {_server(nats_url)})"
     )
     nats_options.add_argument("--consumer", help="only the dead letters of this consumer (durable name)")
     show = dead_commands.add_parser("list", parents=[nats_options], help="the dead letters still in the stream")

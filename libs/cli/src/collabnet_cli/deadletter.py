@@ -16,7 +16,6 @@ the ones that had handled it already skip it by its event id (their inbox), so a
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -37,8 +36,8 @@ from collabnet_kit.bus import (
     ORIGINAL_SUBJECT_HEADER,
     deadletter_subject,
 )
+from collabnet_kit.settings import ServiceSettings, load_settings
 
-DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, nats.errors.Error)
 """What talking to NATS may raise when it is unreachable, refuses us or has no JetStream."""
 SEQUENCE_NOT_FOUND = 10043
@@ -163,13 +162,10 @@ async def connect(url: str, user: str = "", password: str = "") -> Client:
         raise
 
 
-def nats_settings() -> tuple[str, str, str]:
-    """The NATS URL, user and password from the environment, as the services read them."""
-    return (
-        os.environ.get("COLLABNET_NATS_URL") or DEFAULT_NATS_URL,
-        os.environ.get("COLLABNET_NATS_USER", ""),
-        os.environ.get("COLLABNET_NATS_PASSWORD", ""),
-    )
+def nats_settings() -> ServiceSettings:
+    """NATS's URL, user and password as the services read them (``COLLABNET_NATS_*``); nothing else
+    a service needs is asked for."""
+    return load_settings(ServiceSettings, "collabnet-cli", env="development")
 
 
 async def list_dead_letters(js: JetStreamContext, consumer: str | None = None) -> list[DeadLetter]:

@@ -43,7 +43,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from collabnet_kit import telemetry
 from collabnet_kit.bus import Bus, cloudevent_headers, subject_of, trace_headers
-from collabnet_kit.db import Database, note_recorded_event
+from collabnet_kit.db import Database, UtcDateTime, note_recorded_event
 from collabnet_kit.tables import outbox
 
 log = structlog.get_logger(__name__)
@@ -79,13 +79,6 @@ async def record(session: AsyncSession, event: Message, *, source: str, event_id
     await session.exec(outbox.insert().values(**row))
     note_recorded_event(session, row)
     return event_id
-
-
-def _aware(moment: datetime | None) -> datetime | None:
-    """SQLite hands timestamps back without their zone; they were written in UTC."""
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)
 
 
 class Relay:
@@ -150,10 +143,11 @@ class Relay:
 
     async def refresh_backlog(self) -> tuple[int, datetime | None]:
         """Read how many rows are unsent and when the oldest was recorded, for the backlog gauges."""
-        query = sa.select(sa.func.count(), sa.func.min(outbox.c.created_at)).where(outbox.c.sent_at.is_(None))
+        first_recorded = sa.func.min(outbox.c.created_at, type_=UtcDateTime())  # aware on SQLite too
+        query = sa.select(sa.func.count(), first_recorded).where(outbox.c.sent_at.is_(None))
         async with self.db.read() as session:
             count, oldest = (await (await session.connection()).execute(query)).one()
-        self._backlog = (int(count or 0), _aware(oldest))
+        self._backlog = (int(count or 0), oldest)
         return self._backlog
 
     def _committed(self, rows: list[dict[str, Any]]) -> None:

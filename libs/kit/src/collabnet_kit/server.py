@@ -124,15 +124,15 @@ def _trace_id() -> str | None:
     return format(ctx.trace_id, "032x") if ctx.is_valid else None
 
 
+_STATUS_NAMES = {status.value[0]: status.name for status in grpc.StatusCode}
+
+
 def _status_name(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
     """The name of the status the RPC ends with (``NOT_FOUND``), if one was set or aborted with."""
     code = context.code() if hasattr(context, "code") else None
-    if code is None:
-        return None
     if isinstance(code, grpc.StatusCode):
         return code.name
-    by_value = {status.value[0]: status.name for status in grpc.StatusCode}
-    return by_value.get(code) if isinstance(code, int) else None
+    return _STATUS_NAMES.get(code) if isinstance(code, int) else None
 
 
 class RpcInterceptor(grpc.aio.ServerInterceptor):

@@ -4,7 +4,8 @@
 - ``database_url``: a fresh database per test: a temporary SQLite file, and, when
   ``COLLABNET_TEST_POSTGRES_URL`` is set, also a PostgreSQL database (tests using it run on both).
   ``database_factory`` makes more on the same backend, for tests that run several services, empty
-  or already migrated (``database_factory(migrated=[store.HISTORY])``). A test's PostgreSQL
+  or already migrated (``database_factory(migrated=[store.HISTORY])``); ``migrated_database_url``
+  makes a fixture of the latter. A test's PostgreSQL
   databases are dropped once it is over.
 - ``span_exporter`` / ``span_processor``: spans kept in memory.
 - ``service_settings(...)``, ``running(service)``: a service's gRPC server in-process.
@@ -259,6 +260,21 @@ def database_factory(
 def database_url(database_factory: DatabaseFactory) -> str:
     """A fresh, empty database for this test, on each configured backend."""
     return database_factory()
+
+
+def migrated_database_url(*histories: History, name: str = "database_url") -> Any:
+    """A fixture called ``name`` (by default taking ``database_url``'s place): a fresh database of
+    this test's backend at the heads of the kit's history and ``histories``, as a service leaves its
+    own at start. Its migrations themselves are tested on ``database_factory()``.
+
+        database_url = migrated_database_url(store.HISTORY)  # in a service's test fixtures
+    """
+
+    @pytest.fixture(name=name)
+    def migrated(database_factory: DatabaseFactory) -> str:
+        return database_factory(migrated=list(histories))
+
+    return migrated
 
 
 class NatsServers:
