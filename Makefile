@@ -8,7 +8,7 @@ RUN := $(UV) run --frozen --no-sync
 # Each member's sources and tests are type-checked on their own: their test modules share names.
 MEMBERS := libs/kit libs/cli $(wildcard services/*)
 
-.PHONY: setup run test lint proto bench clean
+.PHONY: setup run test soak lint proto bench clean
 
 $(CURDIR)/.tools/bin/uv:
 	$(PYTHON) -m venv $(CURDIR)/.tools
@@ -32,6 +32,10 @@ ifdef PYTEST_ARGS
 else
 	status=0; for part in $(TEST_PARTS); do $(RUN) pytest $$part || status=1; done; exit $$status
 endif
+
+# The reliability suite's long version: more load for longer, more generated input (tests/reliability).
+soak: setup
+	COLLABNET_SOAK=1 $(RUN) pytest tests/reliability --timeout 1800 $(PYTEST_ARGS)
 
 lint: setup
 	$(RUN) ruff check .

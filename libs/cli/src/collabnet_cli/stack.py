@@ -132,7 +132,11 @@ class Stack:
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self.nats.start)
         for component in self.components:
-            log = self.log_file(component).open("ab")
+            await self._spawn(component)
+        await asyncio.gather(*(self._wait_healthy(c) for c in self.components))
+
+    async def _spawn(self, component: Component) -> None:
+        with self.log_file(component).open("ab") as log:
             self.processes[component.name] = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
@@ -143,8 +147,35 @@ class Stack:
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches the runner only; it stops the rest in order
             )
-            log.close()
-        await asyncio.gather(*(self._wait_healthy(c) for c in self.components))
+
+    async def stop(self, name: str, sig: signal.Signals = signal.SIGTERM) -> int:
+        """Send ``sig`` to one component (SIGKILL: it dies at once, as in a crash) and wait until it
+        has exited; returns its exit code. After SIGTERM it gets ``stop_timeout`` before SIGKILL."""
+        process = self.processes[name]
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(sig)
+        await self._reap(process)
+        assert process.returncode is not None
+        return process.returncode
+
+    async def start(self, name: str) -> None:
+        """Start one component that has stopped (on its port, with its database) and wait until it
+        reports healthy."""
+        process = self.processes.get(name)
+        if process is not None and process.returncode is None:
+            raise StackError(f"{name} is running")
+        component = self.component(name)
+        await self._spawn(component)
+        await self._wait_healthy(component)
+
+    async def restart_nats(self) -> None:
+        """Stop nats-server and start it again on its port with its store, as a server restart does."""
+        await asyncio.to_thread(self.nats.stop)
+        await asyncio.to_thread(self.nats.start)
+
+    def pid(self, name: str) -> int:
+        return self.processes[name].pid
 
     async def _wait_healthy(self, component: Component) -> None:
         process = self.processes[component.name]
@@ -191,13 +222,17 @@ class Stack:
                 with contextlib.suppress(ProcessLookupError):
                     process.send_signal(signal.SIGTERM)
         for process in self.processes.values():
-            try:
-                await asyncio.wait_for(process.wait(), self.stop_timeout)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
+            await self._reap(process)
         await asyncio.to_thread(self.nats.stop)
+
+    async def _reap(self, process: asyncio.subprocess.Process) -> None:
+        """Wait ``stop_timeout`` for a signalled process to exit, then kill it."""
+        try:
+            await asyncio.wait_for(process.wait(), self.stop_timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
 
 
 def _http_ready(url: str) -> bool:

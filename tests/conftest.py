@@ -1,4 +1,5 @@
-"""The whole system as separate processes, as ``collabnet up`` starts it, for the integration tests."""
+"""The whole system as separate processes, as ``collabnet up`` starts it, for the integration and
+reliability tests."""
 
 from __future__ import annotations
 
