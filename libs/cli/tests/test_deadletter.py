@@ -4,22 +4,24 @@ Two consumers read the reviews stream, as improvement and community do: ``improv
 the events in ``Handlers.failing`` until told otherwise, ``community`` handles everything. One
 event fails at improvement, and one message cannot be decoded at all (both dead-letter it).
 
-The streams' duplicate window is a quarter of a second here (120 s or more in a deployment): the command
-leaves alone a dead letter younger than the dead-letter stream's window.
+The streams have a deployment's duplicate window (120 s): a replayed event that fails again is
+dead-lettered anew at once, and a dead letter is replayable as soon as it is listed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import subprocess
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
+from nats.js.api import AckPolicy, ConsumerConfig
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from collabnet.reviews.v1.events_pb2 import ReviewPublished
@@ -34,8 +36,6 @@ from collabnet_kit.outbox import new_event_id
 from collabnet_kit.testing import eventually
 
 SUBJECT = ReviewPublished.DESCRIPTOR.full_name
-WINDOW = 0.25
-"""The streams' de-duplication window in these tests, in seconds."""
 CONSUMERS = ("improvement", "community")
 
 
@@ -93,7 +93,7 @@ class Network:
 async def network(database_url: str, nats_server: NatsServer) -> AsyncIterator[Network]:
     db = Database(database_url)
     await upgrade(db, [])  # the kit's own tables: the inbox is all the consumers need
-    bus = Bus(nats_server.url, name="deadletter-test", duplicate_window_seconds=WINDOW)
+    bus = Bus(nats_server.url, name="deadletter-test")
     await bus.connect()
     handlers = Handlers()
     consumers = [
@@ -141,7 +141,6 @@ async def dead_lettered(network: Network) -> DeadLettered:
         return len(await network.letters()) == 3 and await network.settled()
 
     await eventually(three_letters)
-    await asyncio.sleep(WINDOW)  # older than the dead-letter stream's window: replayable
     return DeadLettered(failed, garbage, healthy)
 
 
@@ -229,7 +228,7 @@ async def test_replaying_an_event_that_was_in_fact_handled_has_no_second_effect(
     assert letter.error_type == "OperationalError"
     assert letter.original_headers() == {k: v for k, v in headers.items() if k.startswith(("ce-", "content-type"))}
 
-    [replayed] = await deadletter.replay(network.bus.js, [letter], now=datetime.now(UTC) + timedelta(seconds=WINDOW))
+    [replayed] = await deadletter.replay(network.bus.js, [letter])
     assert replayed.ok and replayed.deleted
     await eventually(network.settled)
     await asyncio.sleep(0.3)
@@ -238,19 +237,62 @@ async def test_replaying_an_event_that_was_in_fact_handled_has_no_second_effect(
     assert dead_lettered.healthy not in {x.event_id for x in await network.letters()}
 
 
-async def test_a_dead_letter_younger_than_the_duplicate_window_stays(
+async def test_a_replayed_event_that_fails_again_is_dead_lettered_again_at_once(
     network: Network, dead_lettered: DeadLettered
 ) -> None:
     info = await network.bus.js.stream_info(DEADLETTER_STREAM)
-    info.config.duplicate_window = 120
-    await network.bus.js.update_stream(info.config)
-    failed = by_consumer_and_event(await network.letters())["improvement", dead_lettered.failed]
+    assert info.config.duplicate_window == 120  # a deployment's: the new dead letter comes well within it
+    first = by_consumer_and_event(await network.letters())["improvement", dead_lettered.failed]
 
-    [refused] = await deadletter.replay(network.bus.js, [failed])
-    assert not refused.ok and not refused.stream
-    assert "would drop its new dead letter as a duplicate (window 120 s); replay it in" in refused.error
-    assert failed.seq in {letter.seq for letter in await network.letters()}
+    [replayed] = await deadletter.replay(network.bus.js, [first])  # the cause is still there
+    assert replayed.ok and replayed.deleted and not replayed.duplicate
+
+    async def dead_lettered_again() -> list[deadletter.DeadLetter]:
+        return [x for x in await network.letters("improvement") if x.event_id == dead_lettered.failed]
+
+    [second] = await eventually(dead_lettered_again)
+    assert second.seq > first.seq
+    assert (second.error_type, second.error) == (first.error_type, first.error)
+    assert second.data == first.data
+    # Each dead letter's id names the stream message it gave up on: the original, then the replay.
+    assert first.headers["Nats-Msg-Id"] != second.headers["Nats-Msg-Id"]
+    assert second.headers["Nats-Msg-Id"] == f"improvement:{replayed.stream_seq}:{dead_lettered.failed}"
     assert network.handlers.effects["improvement"]["r-failed"] == 0
+
+    network.handlers.failing.clear()  # the fix is out: the second dead letter's replay goes through
+    [replayed] = await deadletter.replay(network.bus.js, [second])
+    assert replayed.ok and replayed.deleted
+    await eventually(lambda: _handled(network, "improvement", "r-failed"))
+    assert dead_lettered.failed not in {x.event_id for x in await network.letters()}
+
+
+async def test_a_message_dead_lettered_twice_is_one_dead_letter(network: Network) -> None:
+    """A consumer that crashed between dead-lettering a message and acking it gets the message again,
+    and dead-letters it again: the dead-letter stream drops the second by its id."""
+    probe = Consumer(
+        network.bus,
+        network.consumers[0].db,
+        name="improvement",
+        domain="reviews",
+        handlers={ReviewPublished: network.handlers.of("improvement")},
+    )
+    await network.bus.js.add_consumer(
+        stream_name("reviews"), ConsumerConfig(durable_name="probe", ack_policy=AckPolicy.EXPLICIT)
+    )
+    subscription = await network.bus.js.pull_subscribe_bind("probe", stream=stream_name("reviews"))
+    event_id = await network.publish("r-twice")
+    [message] = await subscription.fetch(1, timeout=5)
+    first = copy.copy(message)  # the first delivery, as the consumer held it when it crashed
+    await message.nak()
+    [redelivered] = await subscription.fetch(1, timeout=5)
+    assert redelivered.metadata.num_delivered == 2
+    assert redelivered.metadata.sequence.stream == message.metadata.sequence.stream
+
+    for delivery in (first, redelivered):
+        await probe._dead_letter(delivery, HandlerFailed("cannot open a case for r-twice"))
+    letters = [x for x in await network.letters("improvement") if x.event_id == event_id]
+    assert len(letters) == 1
+    assert letters[0].headers["Nats-Msg-Id"] == f"improvement:{message.metadata.sequence.stream}:{event_id}"
 
 
 async def _handled(network: Network, consumer: str, review_id: str) -> bool:

@@ -11,11 +11,12 @@ original subject, under a new ``Nats-Msg-Id`` (the original id may still be in t
 de-duplication window, which would drop the message silently), and deletes the dead letter once
 JetStream has acknowledged the publish. Every consumer of that subject receives the event again;
 the ones that had handled it already skip it by its event id (their inbox), so a replay is safe.
+A replayed event that fails again is dead-lettered anew: a consumer's dead-letter id carries the
+stream sequence of the message it gave up on, and the replayed event is a new message.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -209,28 +210,14 @@ def select(letters: Iterable[DeadLetter], seqs: Sequence[int] | None) -> tuple[l
     return [by_seq[seq] for seq in wanted if seq in by_seq], [seq for seq in wanted if seq not in by_seq]
 
 
-async def replay(
-    js: JetStreamContext, letters: Iterable[DeadLetter], *, timeout: float = 5.0, now: datetime | None = None
-) -> list[Replayed]:
+async def replay(js: JetStreamContext, letters: Iterable[DeadLetter], *, timeout: float = 5.0) -> list[Replayed]:
     """Republish each dead letter's event to its original subject and, once JetStream acknowledged
-    it, delete the dead letter. A dead letter whose republish fails stays in the stream.
-
-    A dead letter younger than the dead-letter stream's duplicate window is left alone: a consumer
-    dead-letters an event under ``<consumer>:<event id>``, so were the replayed event to fail again
-    within that window, the stream would drop its new dead letter, and with this one deleted no
-    trace of the event would be left.
-    """
-    window = await _duplicate_window(js)
-    now = now or datetime.now(UTC)
+    it, delete the dead letter. A dead letter whose republish fails stays in the stream."""
     done: list[Replayed] = []
     for letter in letters:
         msg_id = replay_msg_id(letter)
         if not letter.subject:
             done.append(Replayed(letter, msg_id, error=f"no {ORIGINAL_SUBJECT_HEADER} header: nowhere to replay it"))
-            continue
-        age = (now - letter.time).total_seconds() if letter.time is not None else window
-        if age < window:
-            done.append(Replayed(letter, msg_id, error=_too_young(age, window)))
             continue
         headers = letter.original_headers() | {"Nats-Msg-Id": msg_id}
         try:
@@ -255,23 +242,6 @@ async def replay(
             continue
         done.append(replace(replayed, deleted=True))
     return done
-
-
-async def _duplicate_window(js: JetStreamContext) -> float:
-    """The dead-letter stream's de-duplication window, in seconds."""
-    try:
-        info = await js.stream_info(DEADLETTER_STREAM)
-    except NotFoundError:
-        return 0.0
-    return float(info.config.duplicate_window or 0.0)
-
-
-def _too_young(age: float, window: float) -> str:
-    wait = math.ceil(window - age)
-    return (
-        f"dead-lettered {max(0, math.floor(age))} s ago: should it fail again, the dead-letter stream would drop "
-        f"its new dead letter as a duplicate (window {window:g} s); replay it in {wait} s"
-    )
 
 
 def describe(error: BaseException) -> str:

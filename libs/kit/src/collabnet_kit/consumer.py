@@ -344,14 +344,21 @@ class Consumer:
         return bool(result.rowcount)
 
     async def _dead_letter(self, message: Msg, error: Exception) -> None:
+        """Publish the message with its error to ``collabnet.deadletter.<name>``, then ack it.
+
+        The dead letter's ``Nats-Msg-Id`` is ``<name>:<stream sequence>:<event id>``: a redelivery of
+        the same stream message (a crash between this publish and the ack) is dropped as a duplicate,
+        while the same event replayed (a new stream message) that fails again is a new dead letter.
+        """
         headers = dict(message.headers or {})
-        event_id = headers.get("ce-id") or f"{self.stream}:{message.metadata.sequence.stream}"
+        sequence = message.metadata.sequence.stream
+        event_id = headers.get("ce-id") or f"{self.stream}:{sequence}"
         headers |= {
             ERROR_HEADER: f"{error}"[:2000],
             ERROR_TYPE_HEADER: type(error).__name__,
             ORIGINAL_SUBJECT_HEADER: message.subject,
             DELIVERIES_HEADER: str(message.metadata.num_delivered),
-            "Nats-Msg-Id": f"{self.name}:{event_id}",
+            "Nats-Msg-Id": f"{self.name}:{sequence}:{event_id}",
         }
         subject = deadletter_subject(self.name)
         await self.bus.publish(subject, message.data, headers)
