@@ -16,7 +16,9 @@ from gateway_testing import SERVICE, SERVICES, TEST_GATEWAY, Stack, bearer, uniq
 from opentelemetry.trace import SpanKind
 
 from collabnet.identity.v1 import identity_pb2 as identity
+from collabnet_gateway import domain
 from collabnet_gateway.app import Settings, create
+from collabnet_gateway.store import IdempotencyRecord
 from collabnet_kit import telemetry
 from collabnet_kit.testing import eventually, service_settings
 
@@ -181,7 +183,12 @@ async def test_a_body_that_is_not_json_is_400(shared_stack: Stack) -> None:
 
 async def test_an_action_whose_fields_are_all_optional_needs_no_body(shared_stack: Stack) -> None:
     partner = await shared_stack.partner()
-    customer = await shared_stack.person()
+    # Registered by the partner: a partner relates to itself only persons it registered or acts for.
+    registered = await shared_stack.http.post(
+        "/v1/parties", json={"kind": "person", "display_name": unique("Customer")}, headers=partner.auth
+    )
+    assert registered.status_code == 201, registered.text
+    customer = registered.json()["party_id"]
     created = await shared_stack.http.post(
         "/v1/relationships",
         json={"from_party_id": customer, "to_party_id": partner.id, "type": "customer_of"},
@@ -247,6 +254,39 @@ async def test_concurrent_retries_create_once(shared_stack: Stack) -> None:
     created = {r.json()["party_id"] for r in responses if r.status_code == 201}
     assert len(created) == 1
     assert {r.status_code for r in responses} <= {201, 409}
+
+
+async def test_a_key_whose_first_request_was_abandoned_is_taken_over_by_a_retry(shared_stack: Stack) -> None:
+    """A gateway stopped mid-request leaves its key pending: a retry is told to wait while the
+    first request could still be running, and takes the key over once it cannot be."""
+    partner = await shared_stack.partner()
+    body = {"kind": "person", "display_name": unique("Abandoned")}
+    request = shared_stack.http.build_request("POST", "/v1/parties", json=body)
+    fingerprint = domain.request_fingerprint("POST", "/v1/parties", request.content)
+    lease = timedelta(seconds=shared_stack.gateway.settings.idempotency_abandoned_seconds)
+    headers = partner.auth | {"Idempotency-Key": "abandoned-1"}
+    async with shared_stack.gateway.runtime.db.transaction() as session:
+        session.add(
+            IdempotencyRecord(
+                partner_id=partner.id,
+                key="abandoned-1",
+                fingerprint=fingerprint,
+                state="pending",
+                created_at=datetime.now(UTC) - lease / 2,
+            )
+        )
+    problem(await shared_stack.http.post("/v1/parties", json=body, headers=headers), 409)
+
+    async with shared_stack.gateway.runtime.db.transaction() as session:
+        record = await session.get(IdempotencyRecord, (partner.id, "abandoned-1"))
+        assert record is not None
+        record.created_at = datetime.now(UTC) - lease
+        session.add(record)
+    taken_over = await shared_stack.http.post("/v1/parties", json=body, headers=headers)
+    assert taken_over.status_code == 201, taken_over.text
+    replayed = await shared_stack.http.post("/v1/parties", json=body, headers=headers)
+    assert replayed.headers["idempotency-replayed"] == "true"
+    assert replayed.json() == taken_over.json()
 
 
 # --- tracing at the boundary ----------------------------------------------------------------------

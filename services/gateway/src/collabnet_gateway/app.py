@@ -91,6 +91,9 @@ class Settings(ServiceSettings):
     # The first retry's delay; each later one doubles it (up to ten minutes).
     webhook_backoff_seconds: float = Field(default=1.0, gt=0)
     idempotency_retention_hours: int = Field(default=24, gt=0)
+    # A key's first request still running after this long was abandoned (its gateway stopped
+    # mid-request): a retry with the key takes it over instead of being told to retry later.
+    idempotency_abandoned_seconds: float = Field(default=60.0, gt=0)
 
     @field_validator("trusted_partners", mode="before")
     @classmethod
@@ -291,19 +294,33 @@ class Gateway:
         partner = current_principal().partner_id or ""
         fingerprint = domain.request_fingerprint(request.method, request.url.path, await request.body())
         db = self.runtime.db
+        now = datetime.now(UTC)
+        abandoned = timedelta(seconds=self.settings.idempotency_abandoned_seconds)
         try:
             async with db.transaction() as session:
                 record = await session.get(IdempotencyRecord, (partner, key))
                 if record is None:
                     session.add(
                         IdempotencyRecord(
-                            partner_id=partner,
-                            key=key,
-                            fingerprint=fingerprint,
-                            state="pending",
-                            created_at=datetime.now(UTC),
+                            partner_id=partner, key=key, fingerprint=fingerprint, state="pending", created_at=now
                         )
                     )
+                elif record.fingerprint == fingerprint and domain.abandoned(
+                    record.state, record.created_at, now, abandoned
+                ):
+                    # Taken over by this request only if no other retry took it over first.
+                    claimed = await session.exec(
+                        sa.update(IdempotencyRecord)
+                        .where(
+                            col(IdempotencyRecord.partner_id) == partner,
+                            col(IdempotencyRecord.key) == key,
+                            col(IdempotencyRecord.state) == "pending",
+                            col(IdempotencyRecord.created_at) <= now - abandoned,
+                        )
+                        .values(created_at=now)
+                    )
+                    if claimed.rowcount == 1:
+                        record = None
         except IntegrityError:
             record = None
             raise Problem(409, "a request with this Idempotency-Key is being processed; retry later") from None
