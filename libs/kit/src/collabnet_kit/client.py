@@ -132,6 +132,11 @@ def channel(
         # channel's connection to the same address, and with it the back-off of that connection's
         # failures (a restarted callee on the same address would be UNAVAILABLE until it ran out).
         ("grpc.use_local_subchannel_pool", 1),
+        # A callee that restarts is back within seconds: try it again at most every 2 s (gRPC's default
+        # back-off grows to 120 s, and calls fail fast as UNAVAILABLE until the next attempt).
+        ("grpc.initial_reconnect_backoff_ms", 250),
+        ("grpc.min_reconnect_backoff_ms", 250),
+        ("grpc.max_reconnect_backoff_ms", 2_000),
     ]
     if credentials is not None:
         return grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
