@@ -598,6 +598,25 @@ async def test_recording_a_relationship_is_refused_when_it_breaks_a_rule(
     problem(response, status, *fields)
 
 
+async def test_a_partner_may_not_record_another_partners_customer_as_its_own(shared_stack: Stack) -> None:
+    retailer, other = await asyncio.gather(shared_stack.partner(), shared_stack.partner())
+    party, _ = await customer(shared_stack, retailer)
+    body = {"from_party_id": party, "to_party_id": other.id, "type": "customer_of"}
+    refused = problem(await call(shared_stack, "POST", "/v1/relationships", headers=other.auth, json=body), 403)
+    assert refused["detail"].startswith(f"from_party_id: {party} is not a partner"), refused
+    assert retailer.id not in str(refused)
+    # The customer introduces themselves to the other retailer through the first, which acts for them:
+    # the relationship is the other retailer's, and from then on it acts for the customer too.
+    introduced = await relate(
+        shared_stack, retailer.acting_for(party), party, "customer_of", other.id, context_partner_id=other.id
+    )
+    assert (introduced["to_party_id"], introduced["context_partner_id"]) == (other.id, other.id)
+    seen = ok(
+        await call(shared_stack, "GET", "/v1/parties/{party_id}", headers=other.acting_for(party), party_id=party)
+    )
+    assert seen["party_id"] == party
+
+
 async def test_a_private_relationship_is_404_to_other_partners_and_a_public_one_is_not(
     shared_stack: Stack,
 ) -> None:
@@ -1155,15 +1174,20 @@ async def test_acts_for_says_whether_and_why(shared_stack: Stack) -> None:
     retailer, other = await asyncio.gather(shared_stack.partner(), shared_stack.partner())
     party, relationship = await customer(shared_stack, retailer)
     route = "/v1/partners/{partner_id}/acts-for/{party_id}"
-    allowed = ok(await call(shared_stack, "GET", route, headers=other.auth, partner_id=retailer.id, party_id=party))
+    allowed = ok(await call(shared_stack, "GET", route, headers=retailer.auth, partner_id=retailer.id, party_id=party))
     assert allowed == {
         "allowed": True,
         "reason": f"{party} is customer_of {retailer.id}",
         "relationship_id": relationship["relationship_id"],
     }
-    refused = ok(await call(shared_stack, "GET", route, headers=retailer.auth, partner_id=other.id, party_id=party))
+    refused = ok(await call(shared_stack, "GET", route, headers=other.auth, partner_id=other.id, party_id=party))
     assert refused["allowed"] is False and refused["relationship_id"] == ""
     assert "no current relationship" in refused["reason"]
+    # Whom another partner acts for is its own business: the answer would name a private relationship.
+    asked = problem(
+        await call(shared_stack, "GET", route, headers=other.auth, partner_id=retailer.id, party_id=party), 403
+    )
+    assert relationship["relationship_id"] not in str(asked)
 
 
 async def test_acts_for_an_unknown_party_or_partner_is_404(shared_stack: Stack) -> None:

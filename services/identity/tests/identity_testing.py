@@ -102,13 +102,15 @@ def violated_fields(error: grpc.aio.AioRpcError) -> list[str]:
 
 
 async def register_person(
-    identity: Identity, name: str, *, email: str | None = None, phone: str | None = None
+    identity: Identity, name: str, *, email: str | None = None, phone: str | None = None, by: Metadata = SERVICE
 ) -> identity_pb2.Party:
+    """A new person, registered by ``by``: only the partner that registered a person (or one acting
+    for them) may relate them to itself."""
     return await identity.RegisterParty(
         identity_pb2.RegisterPartyRequest(
             kind=identity_pb2.PARTY_KIND_PERSON, display_name=name, email=email, phone=phone
         ),
-        metadata=SERVICE,
+        metadata=by,
     )
 
 
@@ -127,11 +129,16 @@ async def relate(
     to_party: str,
     *,
     by: Metadata,
+    context: str = "",
     attributes: dict[str, str] | None = None,
     since: datetime | None = None,
 ) -> identity_pb2.Relationship:
     request = identity_pb2.EstablishRelationshipRequest(
-        from_party_id=from_party, to_party_id=to_party, type=type_name, attributes=attributes or {}
+        from_party_id=from_party,
+        to_party_id=to_party,
+        type=type_name,
+        context_partner_id=context,
+        attributes=attributes or {},
     )
     if since is not None:
         request.valid_from.CopyFrom(stamp(since))
@@ -155,6 +162,10 @@ class Network:
     """One consumer C, customer of three retailers (retail, wholesale, subscription) and supplier of
     a manufacturer M; M is supplied by a steel mill, which is supplied by an ore supplier; E works
     for M, and X is a partner of E.
+
+    The first retailer registered C and records C as its customer; acting for C, it introduces C to
+    the other retailers and to M (each relationship in the network of the partner C relates to). M
+    registered E and X.
 
     Every relationship is valid from ``since`` (thirty days before the network was built).
     """
@@ -218,7 +229,6 @@ class Network:
 
 async def build_network(identity: Identity) -> Network:
     since = datetime.now(UTC) - timedelta(days=30)
-    consumer = await register_person(identity, "Carla Consumer", email="carla@example.org", phone="+49 30 1234567")
     retailers = (
         await join(identity, "Retailer One", identity_pb2.PARTNER_KIND_RETAILER),
         await join(identity, "Retailer Two", identity_pb2.PARTNER_KIND_RETAILER),
@@ -227,8 +237,12 @@ async def build_network(identity: Identity) -> Network:
     maker = await join(identity, "Maker", identity_pb2.PARTNER_KIND_MANUFACTURER, capabilities=("assemble",))
     mill = await join(identity, "Steel Mill", identity_pb2.PARTNER_KIND_SUPPLIER)
     ore = await join(identity, "Ore Supplier", identity_pb2.PARTNER_KIND_SUPPLIER)
-    employee = await register_person(identity, "Erik Employee", email="erik@maker.example")
-    colleague = await register_person(identity, "Xenia Colleague")
+    r1, m = retailers[0].partner_id, maker.partner_id
+    consumer = await register_person(
+        identity, "Carla Consumer", email="carla@example.org", phone="+49 30 1234567", by=partner(r1)
+    )
+    employee = await register_person(identity, "Erik Employee", email="erik@maker.example", by=partner(m))
+    colleague = await register_person(identity, "Xenia Colleague", by=partner(m))
     c = consumer.party_id
     first, second, third = [
         await relate(
@@ -236,13 +250,13 @@ async def build_network(identity: Identity) -> Network:
             c,
             "customer_of",
             retailer.partner_id,
-            by=partner(retailer.partner_id),
+            by=partner(r1) if retailer.partner_id == r1 else partner(r1, acting_for=c),
+            context=retailer.partner_id,
             attributes={"customer_type": customer_type},
             since=since,
         )
         for retailer, customer_type in zip(retailers, CUSTOMER_TYPES, strict=True)
     ]
-    m = maker.partner_id
     return Network(
         since=since,
         consumer=consumer,
@@ -253,7 +267,9 @@ async def build_network(identity: Identity) -> Network:
         employee=employee,
         colleague=colleague,
         customer_of=(first, second, third),
-        consumer_supplies_maker=await relate(identity, c, "supplier_of", m, by=partner(m), since=since),
+        consumer_supplies_maker=await relate(
+            identity, c, "supplier_of", m, by=partner(r1, acting_for=c), context=m, since=since
+        ),
         mill_supplies_maker=await relate(
             identity, mill.partner_id, "supplier_of", m, by=partner(mill.partner_id), since=since
         ),

@@ -102,6 +102,21 @@ async def test_a_partner_acts_for_itself(identity: Identity, network: Network) -
     assert decision.reason == "a partner acts for itself"
 
 
+async def test_a_partner_may_not_ask_whom_another_partner_acts_for(identity: Identity, network: Network) -> None:
+    retailer, relationship = network.r[0], network.customer_of[0]
+    own = await identity.ActsFor(
+        identity_pb2.ActsForRequest(partner_id=retailer, party_id=network.c), metadata=partner(retailer)
+    )
+    assert (own.allowed, own.relationship_id) == (True, relationship.relationship_id)
+    error = await refused(
+        identity.ActsFor(
+            identity_pb2.ActsForRequest(partner_id=retailer, party_id=network.c), metadata=partner(network.o)
+        ),
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
+    assert relationship.relationship_id not in (error.details() or "")
+
+
 async def test_acts_for_a_party_that_is_not_a_partner_is_not_found(identity: Identity, network: Network) -> None:
     await refused(acts_for(identity, network.e, network.c), grpc.StatusCode.NOT_FOUND)
 

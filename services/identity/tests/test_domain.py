@@ -144,6 +144,41 @@ def test_a_partner_records_relationships_only_in_its_own_network_and_as_an_end()
     domain.may_record_relationship(Principal(service="gateway"), "C", "M", "R")
 
 
+def test_a_partner_acting_for_a_party_may_record_its_relationship_in_the_other_ends_network() -> None:
+    introducer = Principal(partner_id="R", party_id="C")
+    domain.may_record_relationship(introducer, "C", "R2", "R2")
+    domain.may_record_relationship(introducer, "C", "R2", "R")
+    with pytest.raises(PermissionDenied):
+        domain.may_record_relationship(introducer, "C", "R2", "M")
+    with pytest.raises(PermissionDenied):
+        domain.may_record_relationship(introducer, "C", "R2", "C")
+    with pytest.raises(PermissionDenied):
+        domain.may_record_relationship(Principal(partner_id="R"), "C", "R2", "R2")
+
+
+def test_a_partner_relates_a_party_that_is_not_a_partner_only_if_it_registered_it_or_acts_for_it() -> None:
+    registered_by = {"C": "R"}  # C is a person R registered; R2 and M are partners
+    domain.may_relate_outsiders(Principal(partner_id="R"), "C", "R", registered_by)
+    domain.may_relate_outsiders(Principal(partner_id="R", party_id="C"), "C", "R2", registered_by)
+    domain.may_relate_outsiders(Principal(partner_id="R2"), "M", "R2", {})
+    domain.may_relate_outsiders(Principal(service="gateway"), "C", "R2", registered_by)
+    with pytest.raises(PermissionDenied) as raised:
+        domain.may_relate_outsiders(Principal(partner_id="R2"), "C", "R2", registered_by)
+    assert raised.value.message.startswith("from_party_id: C is not a partner")
+    assert "registered that party or acts for it" in raised.value.message
+    assert " R " not in f" {raised.value.message} "  # who registered C is not the caller's business
+    with pytest.raises(PermissionDenied) as raised:
+        domain.may_relate_outsiders(Principal(partner_id="R2"), "R2", "C", registered_by)
+    assert raised.value.message.startswith("to_party_id: C")
+    # A party a service registered: only a partner acting for it relates it to itself.
+    with pytest.raises(PermissionDenied):
+        domain.may_relate_outsiders(Principal(partner_id="R"), "D", "R", {"D": None})
+    domain.may_relate_outsiders(Principal(partner_id="R", party_id="D"), "D", "R", {"D": None})
+    # Acting for one end opens nothing about a third party: the other end must be the caller's own.
+    with pytest.raises(PermissionDenied):
+        domain.may_relate_outsiders(Principal(partner_id="R2", party_id="C"), "C", "D", {"C": "R", "D": "R"})
+
+
 def test_partners_see_public_relationships_and_the_private_ones_they_are_party_to() -> None:
     private = rel("C", "R2", "customer_of", context="R2")
     public = rel("S", "M", "supplier_of", context="M")

@@ -160,7 +160,7 @@ async def test_an_existing_organization_joins_and_its_earlier_relationships_show
 ) -> None:
     shop = await identity.RegisterParty(
         identity_pb2.RegisterPartyRequest(kind=identity_pb2.PARTY_KIND_ORGANIZATION, display_name="Corner Shop"),
-        metadata=SERVICE,
+        metadata=partner(network.m),
     )
     relationship = await relate(
         identity, network.c, "customer_of", shop.party_id, by=partner(network.m, acting_for=network.c)

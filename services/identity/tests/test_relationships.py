@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -51,7 +52,7 @@ def establish(
 async def test_a_relationship_is_recorded_in_the_calling_partners_network_from_now_and_read_back(
     identity: Identity, network: Network
 ) -> None:
-    newcomer = await register_person(identity, "Nina Newcomer")
+    newcomer = await register_person(identity, "Nina Newcomer", by=partner(network.r[1]))
     before = datetime.now(UTC)
     recorded = await identity.EstablishRelationship(
         identity_pb2.EstablishRelationshipRequest(
@@ -111,6 +112,54 @@ async def test_a_partner_may_not_record_a_relationship_it_is_no_end_of(identity:
         grpc.StatusCode.PERMISSION_DENIED,
     )
     assert await relationship_ids(identity, network.m) == before
+
+
+async def test_a_partner_may_not_make_another_partners_consumer_its_own_without_the_consumer(
+    identity: Identity, network: Network
+) -> None:
+    shop, maker = network.r[0], network.m
+    dana = (await register_person(identity, "Dana", email="dana@example.org", by=partner(shop))).party_id
+    await relate(identity, dana, "customer_of", shop, by=partner(shop))
+
+    def acts_for(partner_id: str) -> Awaitable[identity_pb2.Decision]:
+        return identity.ActsFor(identity_pb2.ActsForRequest(partner_id=partner_id, party_id=dana), metadata=SERVICE)
+
+    for request in (establish(dana, maker, "customer_of"), establish(maker, dana, "employee_of")):
+        error = await refused(
+            identity.EstablishRelationship(request, metadata=partner(maker)), grpc.StatusCode.PERMISSION_DENIED
+        )
+        details = error.details() or ""
+        field_name = "from_party_id" if request.from_party_id == dana else "to_party_id"
+        assert details.startswith(f"{field_name}: {dana} is not a partner"), details
+        assert "registered that party or acts for it" in details
+        assert shop not in details  # who registered Dana is not the maker's business
+    assert len(await relationship_ids(identity, dana)) == 1
+    assert not (await acts_for(maker)).allowed
+
+    # A person a service registered is no partner's to claim either.
+    walk_in = (await register_person(identity, "Walk-in")).party_id
+    await refused(
+        identity.EstablishRelationship(establish(walk_in, shop, "customer_of"), metadata=partner(shop)),
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
+
+    # Dana introduces herself to the maker through the shop, which acts for her: the relationship
+    # is the maker's (in its network), and the shop, no longer acting for her, does not see it.
+    introduced = await identity.EstablishRelationship(
+        establish(dana, maker, "customer_of", context=maker), metadata=partner(shop, acting_for=dana)
+    )
+    assert introduced.context_partner_id == maker
+    assert (await acts_for(maker)).relationship_id == introduced.relationship_id
+    read = identity_pb2.GetRelationshipRequest(relationship_id=introduced.relationship_id)
+    assert await identity.GetRelationship(read, metadata=partner(maker)) == introduced
+    await refused(identity.GetRelationship(read, metadata=partner(shop)), grpc.StatusCode.NOT_FOUND)
+    # Acting for Dana, the shop records in its own network or the other end's, no third partner's.
+    await refused(
+        identity.EstablishRelationship(
+            establish(dana, network.r[1], "customer_of", context=network.r[2]), metadata=partner(shop, acting_for=dana)
+        ),
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
 
 
 async def test_get_relationship_of_a_private_relationship_is_not_found_for_a_partner_who_may_not_see_it(
@@ -256,7 +305,7 @@ async def test_another_type_between_the_same_parties_and_a_new_one_after_the_end
 async def test_relationships_recorded_at_once_with_the_same_party_are_all_recorded(
     identity: Identity, network: Network
 ) -> None:
-    customers = [await register_person(identity, f"Rush Customer {i}") for i in range(10)]
+    customers = [await register_person(identity, f"Rush Customer {i}", by=partner(network.r[0])) for i in range(10)]
     recorded = await asyncio.gather(
         *(relate(identity, c.party_id, "customer_of", network.r[0], by=partner(network.r[0])) for c in customers)
     )
@@ -269,7 +318,7 @@ async def test_relationships_recorded_at_once_with_the_same_party_are_all_record
 async def test_of_the_same_relationship_recorded_at_once_exactly_one_is_recorded_and_the_rest_already_exist(
     identity: Identity, network: Network
 ) -> None:
-    customer = await register_person(identity, "Double Click")
+    customer = await register_person(identity, "Double Click", by=partner(network.r[0]))
     results = await asyncio.gather(
         *(relate(identity, customer.party_id, "customer_of", network.r[0], by=partner(network.r[0])) for _ in range(6)),
         return_exceptions=True,
@@ -373,7 +422,7 @@ async def test_list_relationships_filters_by_direction_and_type(identity: Identi
 async def test_list_relationships_pages_through_every_relationship_once(identity: Identity, network: Network) -> None:
     # Recorded at different times, so the pages cross different valid_from values.
     for day in (1, 2, 3):
-        other = await register_person(identity, f"Friend {day}")
+        other = await register_person(identity, f"Friend {day}", by=partner(network.m))
         await relate(
             identity,
             network.c,

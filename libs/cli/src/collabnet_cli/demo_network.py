@@ -910,11 +910,19 @@ class Loader:
         self.partners[code] = DemoPartner(code, name, kind, partner_id, key["api_key"]["api_key_id"], key["secret"])
 
     async def _relate(
-        self, by: Caller, from_party: str, kind: str, to_party: str, attributes: Mapping[str, str] | None = None
+        self,
+        by: Caller,
+        from_party: str,
+        kind: str,
+        to_party: str,
+        attributes: Mapping[str, str] | None = None,
+        context: str | None = None,
     ) -> None:
         body: dict[str, Any] = {"from_party_id": from_party, "to_party_id": to_party, "type": kind}
         if attributes:
             body["attributes"] = dict(attributes)
+        if context:
+            body["context_partner_id"] = context
         relationship = await self.post(by, "/v1/relationships", body)
         self.relationships.append(relationship["relationship_id"])
 
@@ -1051,22 +1059,29 @@ class Loader:
         party = await self.post(first, "/v1/parties", registration)
         consumer = self.people[index]
         party_id = consumer.party_id = party["party_id"]
-        roles: list[tuple[str, str, str, Mapping[str, str]]] = [
-            (retailer, "customer_of", retailer, {"customer_type": kind})
+        roles: list[tuple[str, str, Mapping[str, str]]] = [
+            ("customer_of", retailer, {"customer_type": kind})
             for retailer, kind in zip(person.retailers, person.customer_types, strict=True)
         ]
         if person.loyal_to:
-            roles.append((person.loyal_to, "member_of", person.loyal_to, {"programme": LOYALTY[person.loyal_to]}))
+            roles.append(("member_of", person.loyal_to, {"programme": LOYALTY[person.loyal_to]}))
         if person.employer:
-            roles.append((person.employer, "employee_of", person.employer, {"job_title": person.job}))
+            roles.append(("employee_of", person.employer, {"job_title": person.job}))
         if person.advocate_of:
-            roles.append((person.advocate_of, "advocate_of", person.advocate_of, {"programme": "ambassador"}))
+            roles.append(("advocate_of", person.advocate_of, {"programme": "ambassador"}))
+        # The first retailer registered the person and records them as its customer. A partner
+        # relates to itself only persons it registered or acts for, so the person meets every other
+        # partner through the first retailer acting for them, each relationship in that partner's network.
+        (kind, to, attrs), *others = roles
+        await self._relate(first, party_id, kind, self.pid(to), attrs)
+        introducer = first.for_party(party_id)
         await gather(
-            self._relate(self.partner(by), party_id, kind, self.pid(to), attrs) for by, kind, to, attrs in roles
+            self._relate(introducer, party_id, kind, self.pid(to), attrs, context=self.pid(to))
+            for kind, to, attrs in others
         )
         consumer.retailer_ids = [self.pid(r) for r in person.retailers]
         names = {**RETAILERS, **MAKERS}
-        consumer.roles = [f"{kind} {names[to]}" for _, kind, to, _ in roles]
+        consumer.roles = [f"{kind} {names[to]}" for kind, to, _ in roles]
 
     async def _community(self, spec: CommunitySpec) -> None:
         body = {

@@ -182,7 +182,7 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
     # --- parties -----------------------------------------------------------------------------
 
     async def RegisterParty(self, request: identity_pb2.RegisterPartyRequest, context: Any) -> identity_pb2.Party:
-        current_principal()
+        principal = current_principal()
         kind = _KIND_FROM_PROTO.get(request.kind)
         email = request.email if request.HasField("email") else None
         phone = request.phone if request.HasField("phone") else None
@@ -196,6 +196,7 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
             phone=phone,
             attributes=dict(request.attributes),
             created_at=now(),
+            registered_by=None if principal.service is not None else principal.partner_id,
         )
         async with self.db.transaction() as session:
             session.add(row)
@@ -393,11 +394,14 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
             if not context_partner:
                 raise InvalidArgument.field("context_partner_id", "is required when a service records a relationship")
             domain.may_record_relationship(principal, request.from_party_id, request.to_party_id, context_partner)
-            await store.require_parties(session, request.from_party_id, request.to_party_id)
+            ends = await store.require_parties(session, request.from_party_id, request.to_party_id)
             await store.partner(session, context_partner)
             # Exclusive: the transaction bumps both parties' degree, and two shared locks each
             # waiting to become an update are a deadlock.
             await store.lock_parties(session, [request.from_party_id, request.to_party_id], exclusive=True)
+            partners = await store.partners_among(session, [request.from_party_id, request.to_party_id])
+            outsiders = {party: row.registered_by for party, row in ends.items() if party not in partners}
+            domain.may_relate_outsiders(principal, request.from_party_id, request.to_party_id, outsiders)
             clash = await store.overlapping(
                 session, request.from_party_id, request.to_party_id, request.type, valid_from, valid_to
             )
@@ -406,7 +410,6 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
                     f"{request.from_party_id} is already {request.type} {request.to_party_id} "
                     f"in that time (relationship {clash.id})"
                 )
-            partners = await store.partners_among(session, [request.from_party_id, request.to_party_id])
             row = store.RelationshipRow(
                 id=new_id(),
                 from_party=request.from_party_id,
@@ -799,12 +802,14 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
     # --- authorization -------------------------------------------------------------------------
 
     async def ActsFor(self, request: identity_pb2.ActsForRequest, context: Any) -> identity_pb2.Decision:
-        current_principal()
+        principal = current_principal()
         partner_id = require(request.partner_id, "partner_id")
         party_id = require(request.party_id, "party_id")
         async with self.db.read() as session:
             await store.partner(session, partner_id)
             await store.party(session, party_id)
+            # The answer names a relationship private to its ends: another partner may not ask.
+            domain.require_partner_or_service(principal, partner_id, "whom the partner acts for")
             types = await self.types.all(session)
             current = await self._current_between(session, partner_id, party_id)
         return decision_proto(domain.acts_for(partner_id, party_id, current, types))

@@ -374,18 +374,46 @@ def require_acting_for(principal: Principal, party: str, what: str) -> None:
 
 
 def may_record_relationship(principal: Principal, from_party: str, to_party: str, context: str) -> None:
-    """A partner records relationships in its own network, between itself (or a party it acts for) and others."""
+    """A partner records relationships in its own network, between itself (or a party it acts for) and others.
+
+    A partner acting for a party may instead record the party's relationship in the network of the
+    partner at the other end: the party introduces itself to that partner, and the relationship is
+    that partner's as if it had recorded it, not the introducer's."""
     if principal.service is not None:
         return
-    if context != principal.partner_id:
-        raise PermissionDenied(
-            f"relationships are recorded in the caller's own network ({principal.partner_id}), not {context}"
-        )
     ends = {from_party, to_party}
-    if principal.partner_id not in ends and (principal.party_id is None or principal.party_id not in ends):
+    acting = principal.party_id is not None and principal.party_id in ends
+    introduced = acting and context in ends and context != principal.party_id
+    if context != principal.partner_id and not introduced:
+        raise PermissionDenied(
+            f"relationships are recorded in the caller's own network ({principal.partner_id}), or, acting for "
+            f"one end, in the network of the partner at the other end; not {context}"
+        )
+    if principal.partner_id not in ends and not acting:
         raise PermissionDenied(
             "a partner records only relationships it is an end of, or that a party it acts for is an end of"
         )
+
+
+def may_relate_outsiders(
+    principal: Principal, from_party: str, to_party: str, registered_by: Mapping[str, str | None]
+) -> None:
+    """A partner records a relationship with a party that is not a partner (a person, or an
+    organization that has not joined) only if it registered that party or acts for it: a partner
+    may not make another partner's consumer its own without the consumer. ``registered_by`` maps
+    each end that is not a partner to the partner that registered it (None when a service did)."""
+    if principal.service is not None:
+        return
+    for field_name, party in (("from_party_id", from_party), ("to_party_id", to_party)):
+        if party not in registered_by or party == principal.party_id:
+            continue
+        registrar = registered_by[party]
+        if registrar is None or registrar != principal.partner_id:
+            raise PermissionDenied(
+                f"{field_name}: {party} is not a partner; a partner records a relationship with a party that is "
+                "not a partner only if it registered that party or acts for it (X-On-Behalf-Of), so that a "
+                "partner that already deals with the party introduces it"
+            )
 
 
 def may_end_relationship(principal: Principal, relationship: Relationship) -> None:

@@ -46,6 +46,9 @@ class PartyRow(Table, table=True):
     # Relationships of every time and type; a cost estimate for graph searches, nothing more.
     degree: int = 0
     created_at: datetime = _time()
+    # The partner that registered the party (None when a service did): only it, or a partner acting
+    # for the party, may relate the party to itself while the party is not a partner.
+    registered_by: str | None = Field(default=None, max_length=36)
 
 
 class PartnerRow(Table, table=True):
