@@ -60,6 +60,11 @@ ERRORS: dict[str, errors.DomainError] = {
     "denied": errors.PermissionDenied("only the note's author may change it"),
     "precondition": errors.FailedPrecondition("the note is archived"),
     "unauthenticated": errors.Unauthenticated("who are you?"),
+    # A refusal that quotes long input back, as "listing <10,000 characters> not found" would.
+    "quoting": errors.InvalidArgument(
+        "sku: " + "\u00e9" * 5000 + " is not a SKU",
+        [errors.FieldViolation(f"lines[{i}].sku", "\u00e9" * 1000) for i in range(30)],
+    ),
 }
 
 
@@ -91,6 +96,8 @@ class Behaviour:
     def __init__(self) -> None:
         self.failures_left: dict[str, int] = {}
         self.always_fail: set[str] = set()
+        # Deliveries that find the database unreachable, by text.
+        self.unreachable_left: dict[str, int] = {}
         self.calls: dict[str, int] = {}
 
     async def on_note_added(self, session: AsyncSession, event: kittest_pb2.NoteAdded, envelope: Envelope) -> None:
@@ -99,6 +106,9 @@ class Behaviour:
         await session.flush()
         if event.text in self.always_fail:
             raise RuntimeError(f"cannot handle {event.text!r}")
+        if self.unreachable_left.get(event.text, 0) > 0:
+            self.unreachable_left[event.text] -= 1
+            raise ConnectionRefusedError(f"the database is unreachable while handling {event.text!r}")
         if self.failures_left.get(event.text, 0) > 0:
             self.failures_left[event.text] -= 1
             raise RuntimeError(f"transient failure for {event.text!r}")

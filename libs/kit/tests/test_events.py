@@ -231,6 +231,17 @@ async def test_a_handler_that_always_fails_is_dead_lettered_after_its_last_deliv
     assert handled == 1  # only the healthy event made it into the inbox
 
 
+async def test_an_event_whose_database_is_unreachable_waits_for_it_past_its_last_delivery(stack: Stack) -> None:
+    stack.behaviour.unreachable_left["outage"] = 5  # more deliveries than the consumer's 3
+    await start(stack)
+    note_id = await add_note(stack, "outage")
+
+    assert await eventually(lambda: effects(stack, note_id), timeout=20)
+    assert stack.behaviour.calls[note_id] == 6
+    info = await stack.bus.js.stream_info(bus_module.DEADLETTER_STREAM)
+    assert info.state.messages == 0
+
+
 async def test_the_consumer_span_is_in_the_producer_trace(stack: Stack, span_exporter: InMemorySpanExporter) -> None:
     await start(stack)
     tracer = stack.tracer_provider.get_tracer("test")

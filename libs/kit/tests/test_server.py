@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import asyncpg
 import grpc
 import pytest
 import sample
+from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from collabnet.kittest.v1 import kittest_pb2
 from collabnet.kittest.v1.kittest_pb2_grpc import SampleServiceStub
+from collabnet_kit import db as db_module
 from collabnet_kit import grpc_errors
 from collabnet_kit.bus import Bus, stream_name
 from collabnet_kit.client import health_status
+from collabnet_kit.db import Database
 from collabnet_kit.errors import FieldViolation, InvalidArgument
 from collabnet_kit.nats_server import NatsServer
 from collabnet_kit.principal import Principal, PrincipalSigner
@@ -171,6 +177,47 @@ async def test_invalid_argument_carries_its_field_violations(channel: grpc.aio.C
     ]
 
 
+async def test_a_refusal_quoting_long_input_arrives_as_itself_cut_short(channel: grpc.aio.Channel) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await SampleServiceStub(channel).Fail(kittest_pb2.FailRequest(error="quoting"), metadata=PARTNER)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # not RESOURCE_EXHAUSTED on the trailers' size
+    error = grpc_errors.from_rpc_error(raised.value)
+    assert isinstance(error, InvalidArgument)
+    assert error.message.startswith("sku: \u00e9\u00e9") and error.message.endswith("\u2026")
+    assert len(error.message.encode()) <= grpc_errors.MAX_MESSAGE_BYTES
+    assert [v.field for v in error.violations] == [f"lines[{i}].sku" for i in range(grpc_errors.MAX_VIOLATIONS)]
+
+
+async def test_a_string_with_a_nul_character_is_an_invalid_argument_naming_its_field(
+    channel: grpc.aio.Channel,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await SampleServiceStub(channel).AddNote(kittest_pb2.AddNoteRequest(text="a\x00b"), metadata=PARTNER)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    error = grpc_errors.from_rpc_error(raised.value)
+    assert isinstance(error, InvalidArgument)
+    assert error.violations == [FieldViolation("text", "must not contain NUL characters")]
+
+
+def test_nul_characters_are_found_at_any_depth_of_a_request() -> None:
+    request = struct_pb2.Struct(
+        fields={
+            "plain": struct_pb2.Value(string_value="fine"),
+            "deep": struct_pb2.Value(
+                list_value=struct_pb2.ListValue(
+                    values=[struct_pb2.Value(string_value="ok"), struct_pb2.Value(string_value="x\x00")]
+                )
+            ),
+            "key\x00": struct_pb2.Value(bool_value=True),
+        }
+    )
+    assert sorted(v.field for v in grpc_errors.nul_violations(request)) == [
+        "fields",
+        "fields.list_value.values[1].string_value",
+    ]
+    assert grpc_errors.nul_violations(struct_pb2.Struct(fields={"a": struct_pb2.Value(string_value="b")})) == []
+
+
 async def test_an_unexpected_error_is_internal_with_the_trace_id_and_no_traceback(
     channel: grpc.aio.Channel, span_exporter: InMemorySpanExporter
 ) -> None:
@@ -182,6 +229,54 @@ async def test_an_unexpected_error_is_internal_with_the_trace_id_and_no_tracebac
     assert "Traceback" not in details and "RuntimeError" not in details
     server_span = next(s for s in span_exporter.get_finished_spans() if s.name.endswith("SampleService/Fail"))
     assert f"trace_id={server_span.context.trace_id:032x}" in details
+
+
+@asynccontextmanager
+async def database_away(db: Database, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+    """The database refuses work: on SQLite another connection holds the file's lock (and the
+    service's connections wait only briefly for it); on PostgreSQL the database accepts no
+    connections and the service's are terminated."""
+    if db.dialect == "sqlite":
+        monkeypatch.setattr(db_module, "SQLITE_BUSY_TIMEOUT_MS", 100)
+        await db.engine.dispose()  # connections made from now on wait that long
+        other = sqlite3.connect(str(db.url.database), isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        return
+    name = db.url.database
+    admin = await asyncpg.connect(
+        db.url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    )
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        try:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                name,
+            )
+            yield
+        finally:
+            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    finally:
+        await admin.close()
+
+
+async def test_a_call_while_the_database_is_away_is_unavailable_and_succeeds_once_it_is_back(
+    channel: grpc.aio.Channel, service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert service.runtime is not None
+    stub = SampleServiceStub(channel)
+    async with database_away(service.runtime.db, monkeypatch):
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.AddNote(kittest_pb2.AddNoteRequest(text="while away"), metadata=PARTNER)
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "try again" in (raised.value.details() or "")
+    reply = await stub.AddNote(kittest_pb2.AddNoteRequest(text="back"), metadata=PARTNER)
+    assert reply.note_id
 
 
 async def test_a_rejected_call_writes_nothing(channel: grpc.aio.Channel, service: Service) -> None:

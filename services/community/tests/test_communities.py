@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import json
+
 import grpc
 import pytest
 from community_testing import (
@@ -134,6 +137,12 @@ async def test_listing_communities_pages_through_all_of_them(community: Communit
     assert seen == names
     await refused(
         community.ListCommunities(pb.ListCommunitiesRequest(page_token="garbage"), metadata=SERVICE),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    # A forged token whose id holds a NUL character (PostgreSQL would refuse the query, not answer it).
+    forged = base64.urlsafe_b64encode(json.dumps(["2026-11-22T10:00:00+00:00", "c\u0000"]).encode()).decode()
+    await refused(
+        community.ListCommunities(pb.ListCommunitiesRequest(page_token=forged), metadata=SERVICE),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     await refused(

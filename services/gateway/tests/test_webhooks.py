@@ -4,6 +4,7 @@ retries of a failing endpoint, the delivery log and replay, and only events a pa
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from collections.abc import AsyncIterator
@@ -177,6 +178,27 @@ async def test_a_subscription_is_validated(stack: Stack) -> None:
     mine = await subscribe(stack, partner, "https://hooks.example.com/x", LISTED)
     assert (await stack.http.delete(f"/v1/webhooks/{mine['id']}", headers=other.auth)).status_code == 404
     assert (await stack.http.delete(f"/v1/webhooks/{mine['id']}", headers=partner.auth)).status_code == 204
+
+
+async def test_nul_characters_are_refused_not_stored(stack: Stack) -> None:
+    """No text column can hold a NUL character (PostgreSQL refuses one outright)."""
+    partner = await stack.partner()
+    response = await stack.http.post(
+        "/v1/webhooks", json={"url": "https://hooks.example.com/\u0000", "event_types": [LISTED]}, headers=partner.auth
+    )
+    assert response.status_code == 400, response.text
+    assert [e["field"] for e in response.json()["errors"]] == ["url"]
+    mine = await subscribe(stack, partner, "https://hooks.example.com/x", LISTED)
+    for method, path in (
+        ("DELETE", "/v1/webhooks/a%00b"),
+        ("GET", "/v1/webhooks/a%00b/deliveries"),
+        ("POST", f"/v1/webhooks/{mine['id']}/deliveries/a%00b:replay"),
+    ):
+        answered = await stack.http.request(method, path, headers=partner.auth)
+        assert answered.status_code == 404, (path, answered.text)
+    token = base64.urlsafe_b64encode(json.dumps(["2026-11-22T10:00:00+00:00", "a\u0000"]).encode()).decode()
+    listed = await stack.http.get(f"/v1/webhooks/{mine['id']}/deliveries?page_token={token}", headers=partner.auth)
+    assert listed.status_code == 400, listed.text
 
 
 async def _started(server: uvicorn.Server) -> bool:

@@ -25,6 +25,25 @@ def rating_objective(initiative_id: str, product: str, target: float = 4.2, **fi
     )
 
 
+async def test_refusing_an_objective_does_not_name_its_initiative(h: Harness) -> None:
+    initiative = await h.initiative()
+    objective = await h.improvement.AddObjective(
+        rating_objective(initiative.initiative_id, h.world.product, baseline=3.0), metadata=h.world.as_maker
+    )
+    outsider = partner(h.world.outsider)
+    for call in (
+        h.improvement.ListMeasurements(
+            pb.ListMeasurementsRequest(objective_id=objective.objective_id), metadata=outsider
+        ),
+        h.improvement.RecordMeasurement(
+            pb.RecordMeasurementRequest(objective_id=objective.objective_id, value=1.0), metadata=outsider
+        ),
+    ):
+        error = await refused(call, grpc.StatusCode.PERMISSION_DENIED)
+        assert objective.objective_id in (error.details() or "")
+        assert initiative.initiative_id not in (error.details() or "")
+
+
 async def test_an_objective_on_the_products_average_rating_follows_rating_events(h: Harness) -> None:
     review, case = await h.negative_case(2)
     await h.review(5, author=h.world.other_customer)

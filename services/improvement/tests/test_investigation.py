@@ -5,7 +5,7 @@ effectiveness check that must pass."""
 from __future__ import annotations
 
 import grpc
-from improvement_testing import SERVICE, Harness, in_days, invalid, partner, refused
+from improvement_testing import SERVICE, Harness, customer, in_days, invalid, partner, refused
 
 from collabnet.improvement.v1 import events_pb2 as ev
 from collabnet.improvement.v1 import improvement_pb2 as pb
@@ -265,6 +265,41 @@ async def test_actions_have_owners_in_the_case_or_its_supply_network_and_future_
         ),
         grpc.StatusCode.PERMISSION_DENIED,
     )
+
+
+async def test_refusing_a_cases_action_or_supplier_request_does_not_name_the_case(h: Harness) -> None:
+    _, case = await h.investigating_case()
+    cid = case.case_id
+    action = await h.improvement.AddCaseAction(
+        pb.AddCaseActionRequest(
+            case_id=cid,
+            kind=pb.ACTION_KIND_CORRECTIVE,
+            description="Fix it",
+            owner_id=h.world.maker,
+            due_time=in_days(7),
+        ),
+        metadata=h.world.as_maker,
+    )
+    scar = await h.improvement.RequestSupplierCorrectiveAction(
+        pb.RequestSupplierCorrectiveActionRequest(
+            case_id=cid, supplier_id=h.world.s1, problem="Seal leaks", due_time=in_days(14)
+        ),
+        metadata=h.world.as_maker,
+    )
+    for who in (partner(h.world.outsider), customer(h.world.other_customer, h.world.retailer)):
+        for call in (
+            h.improvement.UpdateCaseAction(
+                pb.UpdateCaseActionRequest(action_id=action.action_id, status=pb.ACTION_STATUS_DONE), metadata=who
+            ),
+            h.improvement.GetSupplierCorrectiveAction(
+                pb.GetSupplierCorrectiveActionRequest(request_id=scar.request_id), metadata=who
+            ),
+            h.improvement.ReviewSupplierCorrectiveAction(
+                pb.ReviewSupplierCorrectiveActionRequest(request_id=scar.request_id, accepted=True), metadata=who
+            ),
+        ):
+            error = await refused(call, grpc.StatusCode.PERMISSION_DENIED)
+            assert cid not in (error.details() or "")
 
 
 async def test_a_supplier_sees_only_its_own_corrective_action_request(h: Harness) -> None:

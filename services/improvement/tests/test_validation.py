@@ -124,6 +124,19 @@ def cases() -> list[tuple[str, Case]]:
             ),
         ),
         (
+            "UpdatePartnerPolicy duration beyond a timedelta",
+            lambda h, f: (
+                i(h).UpdatePartnerPolicy(
+                    pb.UpdatePartnerPolicyRequest(
+                        policy=pb.PartnerPolicy(recovery_window=Duration(seconds=-(2**63) + 1)),
+                        update_mask=FieldMask(paths=["recovery_window"]),
+                    ),
+                    metadata=maker(h),
+                ),
+                ("policy.recovery_window",),
+            ),
+        ),
+        (
             "UpdatePartnerPolicy mask",
             lambda h, f: (
                 i(h).UpdatePartnerPolicy(

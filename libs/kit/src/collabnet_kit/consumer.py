@@ -11,6 +11,7 @@ A handler runs inside a database transaction together with an inbox row for the 
 redelivered event is a no-op; the message is acked only after that commit. A failing handler's
 message is nak'ed with a growing delay; at its last delivery (or at once when it cannot be decoded)
 it is published with its error to ``collabnet.deadletter.<name>`` and acked, and the consumer goes on.
+A failure because the database is unavailable is never the last: the message waits for it.
 
 Metrics (attribute ``durable``, the consumer's name): ``collabnet.consumer.lag`` (messages of the
 stream not yet handled: pending plus delivered-but-unacknowledged, read from JetStream on the
@@ -309,7 +310,9 @@ class Consumer:
             except Exception as exc:
                 span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-                if deliveries >= self.max_deliveries:
+                # A database that is away says nothing about the event: it waits for it to return,
+                # however many deliveries that takes, rather than becoming a dead letter.
+                if deliveries >= self.max_deliveries and not await self.db.refused(exc):
                     await self._dead_letter(message, exc)
                 else:
                     delay = min(self.max_backoff_seconds, self.backoff_seconds * 2 ** (deliveries - 1))

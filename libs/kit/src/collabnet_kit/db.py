@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import DateTime, TypeDecorator, event, text
 from sqlalchemy.engine import URL, Connection, Dialect, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.util import await_
@@ -29,6 +30,36 @@ from collabnet_kit.telemetry import Telemetry
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 _RECORDED_EVENTS = "collabnet.recorded_events"
+# SQLite's primary result codes for a database another connection holds locked.
+_SQLITE_BUSY = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
+# PostgreSQL's SQLSTATEs for a server that takes no work now: no connection (class 08), shutting
+# down or starting (57P01 to 57P03), too many connections (53300), and a database that accepts no
+# connections (55000, "object not in prerequisite state").
+_POSTGRES_AWAY = ("08", "57P01", "57P02", "57P03", "53300", "55000")
+
+
+def unavailable(error: BaseException) -> bool:
+    """Whether ``error`` (or an error it wraps) says the database is out of reach or refuses work
+    for now: a refused or lost connection, a server that accepts no connections, SQLite's lock held
+    by another process past the busy timeout. The same work may succeed later, so it is a service
+    that is unavailable, not a request that failed."""
+    pending: list[BaseException | None] = [error]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) or (isinstance(current, DBAPIError) and current.connection_invalidated):
+            return True
+        code = getattr(current, "sqlite_errorcode", None)
+        if isinstance(code, int) and code & 0xFF in _SQLITE_BUSY:
+            return True
+        state = getattr(current, "sqlstate", None)
+        if isinstance(state, str) and state.startswith(_POSTGRES_AWAY):
+            return True
+        pending += [getattr(current, "orig", None), current.__cause__, current.__context__]
+    return False
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _: ConnectionPoolEntry) -> None:
@@ -143,6 +174,19 @@ class Database:
             return True
         except Exception:
             return False
+
+    async def refused(self, error: BaseException, *, timeout: float = 2.0) -> bool:
+        """Whether ``error`` came from the database being unavailable: it says so (see
+        :func:`unavailable`), or it is a database error and the database does not answer now (a
+        driver may report a connection killed under it as something else)."""
+        if unavailable(error):
+            return True
+        if not isinstance(error, DBAPIError):
+            return False
+        try:
+            return not await asyncio.wait_for(self.ping(), timeout)
+        except TimeoutError:
+            return True
 
     async def dispose(self) -> None:
         await self.engine.dispose()

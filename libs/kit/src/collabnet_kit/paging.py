@@ -21,6 +21,11 @@ def decode_cursor(token: str, size: int, field: str = "page_token") -> list[str]
         values = json.loads(base64.urlsafe_b64decode(token.encode()))
     except (ValueError, json.JSONDecodeError):
         raise InvalidArgument.field(field, "is not a token this service issued") from None
-    if not isinstance(values, list) or len(values) != size or not all(isinstance(v, str) for v in values):
+    # A NUL character is in no value a token was made of (and no text column could hold one).
+    if (
+        not isinstance(values, list)
+        or len(values) != size
+        or not all(isinstance(v, str) and "\x00" not in v for v in values)
+    ):
         raise InvalidArgument.field(field, "is not a token this service issued")
     return values

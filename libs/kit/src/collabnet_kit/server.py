@@ -8,8 +8,9 @@ bus, telemetry, principal signer). ``Service`` then
   NOT_SERVING until the database and NATS are ready, and again whenever either is lost (readiness);
   ``liveness`` is SERVING as long as the process answers (a lost dependency is no reason to
   restart it); then reflection, server spans and ``rpc.server.call.duration``
-  (health and reflection left out), principal verification, access logs, and errors mapped from
-  ``DomainError``;
+  (health and reflection left out), principal verification, requests whose strings hold NUL
+  characters refused, access logs, and errors mapped from
+  ``DomainError`` (a failure because the database is unavailable is UNAVAILABLE, not INTERNAL);
 - exports metrics over OTLP when configured, and as Prometheus text when ``metrics_port`` is set;
 - migrates the database at start in development; runs the outbox relay and the consumers;
 - on SIGTERM stops accepting, finishes in-flight RPCs and handlers, flushes the outbox and the spans.
@@ -137,10 +138,14 @@ def _status_name(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
 
 class RpcInterceptor(grpc.aio.ServerInterceptor):
     """Verifies the principal, maps domain errors to statuses and writes one access-log line and
-    one ``rpc.server.call.duration`` measurement per RPC."""
+    one ``rpc.server.call.duration`` measurement per RPC. A failure because ``database`` is
+    unavailable is UNAVAILABLE (the caller may try again), any other unexpected one INTERNAL."""
 
-    def __init__(self, signer: PrincipalSigner, meter: metrics.Meter | None = None) -> None:
+    def __init__(
+        self, signer: PrincipalSigner, meter: metrics.Meter | None = None, *, database: Database | None = None
+    ) -> None:
         self._signer = signer
+        self._database = database
         self._duration = (meter or metrics.NoOpMeter("collabnet_kit.server")).create_histogram(
             "rpc.server.call.duration",
             unit="s",
@@ -202,10 +207,16 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         except asyncio.CancelledError:
             outcome = "CANCELLED"
             raise
-        except Exception:
-            outcome = "INTERNAL"
-            log.exception("rpc_failed", method=method)
-            await context.abort(*_abort_args(grpc_errors.internal_status(_trace_id())))
+        except Exception as error:
+            if self._database is not None and await self._database.refused(error):
+                outcome = "UNAVAILABLE"
+                log.warning("rpc_database_unavailable", method=method, error=f"{type(error).__name__}: {error}")
+                status = grpc_errors.unavailable_status(_trace_id())
+            else:
+                outcome = "INTERNAL"
+                log.exception("rpc_failed", method=method)
+                status = grpc_errors.internal_status(_trace_id())
+            await context.abort(*_abort_args(status))
         except BaseException:
             outcome = "UNKNOWN"
             raise
@@ -227,6 +238,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
     def _unary(self, method: str, behavior: Any) -> Any:
         async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             async with self._rpc(method, context):
+                grpc_errors.refuse_nul(request)
                 return await behavior(request, context)
 
         return unary
@@ -234,6 +246,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
     def _unary_stream(self, method: str, behavior: Any) -> Any:
         async def unary_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             async with self._rpc(method, context):
+                grpc_errors.refuse_nul(request)
                 async for response in behavior(request, context):
                     yield response
 
@@ -333,9 +346,9 @@ class Service:
         self._tasks.append(asyncio.create_task(self._bring_up(), name=f"{self.name}-bring-up"))
 
     async def _listen(self, tel: telemetry.Telemetry, signer: PrincipalSigner) -> None:
-        assert self.wiring is not None
+        assert self.wiring is not None and self.runtime is not None
         s = self.settings
-        rpc = RpcInterceptor(signer, tel.meter("collabnet_kit.server"))
+        rpc = RpcInterceptor(signer, tel.meter("collabnet_kit.server"), database=self.runtime.db)
         options = [
             ("grpc.max_connection_age_ms", int(s.grpc_max_connection_age_seconds * 1000)),
             ("grpc.max_connection_age_grace_ms", int(s.shutdown_grace_seconds * 1000)),

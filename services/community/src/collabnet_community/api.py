@@ -96,7 +96,12 @@ def decode_cursor(token: str, kinds: Sequence[type]) -> list[Any] | None:
             decoded.append(when)
             continue
         # bool is an int in Python, but not in a token: an int slot wants a number, a bool slot a bool.
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        # And no value of a token holds a NUL character (no text column could).
+        if (
+            not isinstance(value, kind)
+            or (kind is int and isinstance(value, bool))
+            or (isinstance(value, str) and "\x00" in value)
+        ):
             raise refused
         decoded.append(value)
     return decoded

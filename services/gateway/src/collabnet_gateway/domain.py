@@ -56,7 +56,8 @@ SIGNATURE_HEADER = "X-Collabnet-Signature"
 """``t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">``, as Stripe and others do it."""
 TOLERANCE_SECONDS = 300
 
-_URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$")
+# No whitespace or control characters (a NUL could not even be stored).
+_URL = re.compile(r"^https?://[^\s\x00-\x1f\x7f/$.?#][^\s\x00-\x1f\x7f]*$")
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:

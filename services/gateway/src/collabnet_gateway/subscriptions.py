@@ -107,7 +107,8 @@ def router(db: Any) -> APIRouter:
         return found
 
     async def owned(session: Any, subscription_id: str) -> WebhookSubscription:
-        row = await session.get(WebhookSubscription, subscription_id)
+        # An id with a NUL character names nothing (and PostgreSQL would refuse to look it up).
+        row = await session.get(WebhookSubscription, subscription_id) if "\x00" not in subscription_id else None
         if row is None or row.partner_id != current_principal().partner_id:
             raise Problem(404, f"webhook {subscription_id} not found")
         return row  # type: ignore[no-any-return]
@@ -186,7 +187,7 @@ def router(db: Any) -> APIRouter:
     async def replay(webhook_id: Annotated[str, Path()], delivery_id: Annotated[str, Path()]) -> Delivery:
         async with database().transaction() as session:
             await owned(session, webhook_id)
-            row = await session.get(WebhookDelivery, delivery_id)
+            row = await session.get(WebhookDelivery, delivery_id) if "\x00" not in delivery_id else None
             if row is None or row.subscription_id != webhook_id:
                 raise Problem(404, f"delivery {delivery_id} not found")
             row.state = "pending"

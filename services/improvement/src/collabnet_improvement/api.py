@@ -95,13 +95,20 @@ class ImprovementApi(improvement_pb2_grpc.ImprovementServiceServicer):
         allow: tuple[str, ...],
         what: str,
         lock: bool = False,
+        asked: str = "",
     ) -> store.InitiativeRow:
+        """The initiative, when the actor may ``what``; ``asked`` names what the caller asked for
+        (an objective), so that a refusal does not name an initiative the caller may not see."""
         if lock:
             row = await store.lock(session, store.InitiativeRow, initiative_id, "initiative")
         else:
             row = await store.require(session, store.InitiativeRow, initiative_id, "initiative")
         role = await self._initiative_role(session, row, actor)
         if role is None:
+            if asked:
+                raise PermissionDenied(
+                    f"{asked} is visible to its initiative's owner, partner stakeholders and participants"
+                )
             raise PermissionDenied(
                 f"initiative {row.id} is visible to its owner, its partner stakeholders and participants"
             )
@@ -149,13 +156,13 @@ class ImprovementApi(improvement_pb2_grpc.ImprovementServiceServicer):
                 values["recovery_threshold"] = given.recovery_rating_threshold or default.recovery_threshold
             if "first_engagement_target" in paths:
                 values["engagement_target"] = (
-                    given.first_engagement_target.ToTimedelta()
+                    convert.timedelta_of(given.first_engagement_target, "policy.first_engagement_target")
                     if given.HasField("first_engagement_target")
                     else default.engagement_target
                 )
             if "recovery_window" in paths:
                 values["recovery_window"] = (
-                    given.recovery_window.ToTimedelta()
+                    convert.timedelta_of(given.recovery_window, "policy.recovery_window")
                     if given.HasField("recovery_window")
                     else default.recovery_window
                 )
@@ -407,7 +414,11 @@ class ImprovementApi(improvement_pb2_grpc.ImprovementServiceServicer):
         at = now()
         async with self.db.transaction() as session:
             row = await store.lock(session, store.ActionRow, action_id, "action")
-            found = await self._partner_case(session, row.case_id, actor, "update actions")
+            try:
+                found = await self._partner_case(session, row.case_id, actor, "update actions")
+            except PermissionDenied:
+                # Not in the case's words: they would name the case to someone who may not know of it.
+                raise PermissionDenied(f"action {row.id} is updated by its case's assigned partners only") from None
             domain.require_not_closed(found.case.id, CaseState(found.case.state))
             if row.status != domain.ActionStatus.OPEN.value:
                 raise FailedPrecondition(f"action {row.id} is {row.status} already")
@@ -639,8 +650,14 @@ class ImprovementApi(improvement_pb2_grpc.ImprovementServiceServicer):
             row = await store.require(session, store.ScarRow, request_id, "corrective-action request")
         if actor.partner is not None and actor.partner == row.supplier_id:
             return row, True
-        found = await self._case(session, row.case_id, actor)
-        domain.require_partner_access(found.access, "see supplier corrective-action requests")
+        try:
+            found = await self._case(session, row.case_id, actor)
+            domain.require_partner_access(found.access, "see supplier corrective-action requests")
+        except PermissionDenied:
+            # Not in the case's words: they would name the case to someone who may not know of it.
+            raise PermissionDenied(
+                f"corrective-action request {row.id} is visible to its supplier and the case's assigned partners"
+            ) from None
         return row, False
 
     async def GetSupplierCorrectiveAction(
@@ -1286,7 +1303,9 @@ class ImprovementApi(improvement_pb2_grpc.ImprovementServiceServicer):
             objective = await store.lock(session, store.ObjectiveRow, objective_id, "objective")
         else:
             objective = await store.require(session, store.ObjectiveRow, objective_id, "objective")
-        row = await self._initiative(session, objective.initiative_id, actor, allow=allow, what=what)
+        row = await self._initiative(
+            session, objective.initiative_id, actor, allow=allow, what=what, asked=f"objective {objective.id}"
+        )
         return objective, row
 
     async def UpdateObjective(self, request: pb.UpdateObjectiveRequest, context: Any) -> pb.Objective:

@@ -190,6 +190,15 @@ def duration(value: timedelta | None) -> Duration | None:
     return message
 
 
+def timedelta_of(value: Duration, field_name: str) -> timedelta:
+    """A Duration a caller sent, as a timedelta; one beyond what a timedelta holds (about 2.7
+    million years) is the caller's mistake, named as such."""
+    try:
+        return value.ToTimedelta()
+    except (OverflowError, ValueError):
+        raise InvalidArgument.field(field_name, "is out of range") from None
+
+
 def seconds(value: float | None) -> Duration | None:
     return duration(timedelta(seconds=value)) if value is not None else None
 
