@@ -22,15 +22,26 @@ setup: | $(UV)
 run: setup
 	$(RUN) collabnet up
 
-# Each library and service is tested in a process of its own, as each runs in one; PYTEST_ARGS
-# runs pytest once with those arguments instead.
-TEST_PARTS := libs $(wildcard services/*) tests
+# Each library and service is tested in a process of its own, as each runs in one. They run two at a
+# time, the slowest first (their tests wait on servers, brokers and databases as much as they
+# compute), and each part's output is printed whole when it ends; tests/ (the whole system as
+# processes, and the reliability suite's load) runs alone after them. PYTEST_ARGS runs pytest once
+# with those arguments instead.
+SLOWEST_PARTS := services/gateway services/identity
+PARTS := $(SLOWEST_PARTS) $(filter-out $(SLOWEST_PARTS),$(wildcard services/*)) libs
+TEST_JOBS ?= 2
 
 test: setup
 ifdef PYTEST_ARGS
 	$(RUN) pytest $(PYTEST_ARGS)
 else
-	status=0; for part in $(TEST_PARTS); do $(RUN) pytest $$part || status=1; done; exit $$status
+	mkdir -p .collabnet/test-logs
+	status=0; \
+	printf '%s\n' $(PARTS) | xargs -P $(TEST_JOBS) -I{} bash -c \
+		'log=.collabnet/test-logs/$$(basename {}).log; $(RUN) pytest {} >$$log 2>&1; code=$$?; flock .collabnet/test-logs cat $$log; exit $$code' \
+		|| status=1; \
+	$(RUN) pytest tests || status=1; \
+	exit $$status
 endif
 
 # The reliability suite's long version: more load for longer, more generated input (tests/reliability).
