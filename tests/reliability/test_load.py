@@ -20,8 +20,7 @@ import httpx
 from collabnet_cli import operator
 from collabnet_cli.gateway import Caller, Gateway, until
 from collabnet_cli.stack import Stack
-
-from .load import (
+from tests.reliability.load import (
     Mix,
     Network,
     OpenLoop,
@@ -36,7 +35,7 @@ from .load import (
 )
 
 if TYPE_CHECKING:
-    from .conftest import Sizes
+    from tests.reliability.conftest import Sizes
 
 WRITE_EVERY = 10
 """One request in ten writes a review, the rest read: about the share of writes in DeathStarBench's

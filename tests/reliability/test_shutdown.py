@@ -21,27 +21,20 @@ import itertools
 import math
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
-import nats
-import sqlalchemy as sa
-from nats.js import JetStreamContext
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from collabnet_cli import operator
-from collabnet_cli.deadletter import list_dead_letters
 from collabnet_cli.gateway import Caller, Gateway, until
 from collabnet_cli.stack import Stack
-from collabnet_kit.bus import DEADLETTER_STREAM
-from collabnet_kit.tables import outbox
-
-from .load import Customer, Mix, Network, OpenLoop, Operation, Request, ReviewPlan, http_client
+from tests.reliability.load import Customer, Mix, Network, OpenLoop, Operation, Request, ReviewPlan, http_client
+from tests.reliability.network import audit_events
 
 if TYPE_CHECKING:
-    from .conftest import Sizes
+    from tests.reliability.conftest import Sizes
 
 NEGATIVE = 2
 """At or below this rating a review opens a case (improvement's default policy)."""
@@ -328,18 +321,17 @@ class Audit:
             for w in written:
                 if w.tries > 1 and not w.applied_before:
                     await self.replay(gateway, w)
-        unsent = await _settled(lambda: _unsent_events(stack), "every outbox has sent its events", _empty)
-        self.events_lost += sum(unsent.values())
-        self.check(not unsent, f"outbox rows never sent: {unsent}")
-        js = await nats.connect(stack.nats.url)
-        try:
-            pending = await _settled(lambda: _pending(js.jetstream()), "every consumer is caught up", _empty)
-            self.check(not pending, f"messages never handled: {pending}")
-            dead = await list_dead_letters(js.jetstream())
-            self.events_lost += len(dead)
-            self.check(not dead, f"dead letters: {[(d.consumer, d.event_type, d.error) for d in dead]}")
-        finally:
-            await js.close()
+        events = await _settled(
+            lambda: audit_events(stack),
+            "every event is published and handled",
+            lambda audit: not (audit.unsent or audit.consumers_behind),
+        )
+        self.events_lost += events.lost + events.unsent + len(events.dead_letters)
+        self.check(not (events.lost or events.unsent), f"events lost {events.lost}, never sent {events.unsent}")
+        self.check(not events.duplicated, f"events published twice: {events.duplicated}")
+        self.check(not events.consumers_behind, f"messages never handled: {events.consumers_behind}")
+        dead = [(d.consumer, d.event_type, d.error) for d in events.dead_letters]
+        self.check(not dead, f"dead letters: {dead}")
 
     async def product(self, gateway: Gateway, maker: Caller, product: str, reviews: list[Written]) -> None:
         """The product's reviews are the accepted ones, its summary counts them, each negative one
@@ -433,46 +425,6 @@ async def _settled(check: Callable[[], Awaitable[T]], what: str, holds: Callable
     with contextlib.suppress(TimeoutError):
         await until(settled, what, SETTLE_SECONDS)
     return last[0]
-
-
-async def _unsent_events(stack: Stack) -> dict[str, int]:
-    """Outbox rows not yet sent, by component, read from each database directly."""
-    unsent: dict[str, int] = {}
-    for component in stack.components:
-        async with _engine(component.env["COLLABNET_DATABASE_URL"]) as engine, engine.connect() as connection:
-            query = sa.select(sa.func.count()).select_from(outbox).where(outbox.c.sent_at.is_(None))
-            count = int((await connection.execute(query)).scalar_one())
-        if count:
-            unsent[component.name] = count
-    return unsent
-
-
-@contextlib.asynccontextmanager
-async def _engine(url: str) -> AsyncIterator[AsyncEngine]:
-    """An engine on ``url`` for one audit, disposed afterwards."""
-    engine = create_async_engine(url)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
-
-
-async def _pending(js: JetStreamContext) -> dict[str, int]:
-    """Messages each durable consumer has not yet acknowledged (dead letters aside)."""
-    pending: dict[str, int] = {}
-    for stream in await js.streams_info():
-        name = stream.config.name
-        if name is None or name == DEADLETTER_STREAM:
-            continue
-        for consumer in await js.consumers_info(name):
-            count = int(consumer.num_pending or 0) + int(consumer.num_ack_pending or 0)
-            if count:
-                pending[f"{name}/{consumer.name}"] = count
-    return pending
-
-
-def _empty(found: dict[str, int]) -> bool:
-    return not found
 
 
 def _now(check: Callable[[], Any]) -> Callable[[], Awaitable[Any]]:
