@@ -48,7 +48,13 @@ from collabnet_supplychain import store as supplychain_store
 if TYPE_CHECKING:
     from collabnet.identity.v1.identity_pb2_grpc import IdentityServiceAsyncStub
 
-SERVICE = (("authorization", f"Bearer {PrincipalSigner(DEV_SIGNING_KEY).sign(Principal(service='tests'))}"),)
+
+def service() -> tuple[tuple[str, str], ...]:
+    """Metadata for calling a service as the internal service ``tests``, signed now: a token made
+    once would expire while a long module runs."""
+    return (("authorization", f"Bearer {PrincipalSigner(DEV_SIGNING_KEY).sign(Principal(service='tests'))}"),)
+
+
 SERVICES = ("identity", "supplychain", "reviews", "community", "improvement")
 HISTORIES: dict[str, History] = {
     "identity": identity_store.HISTORY,
@@ -118,11 +124,11 @@ class Stack:
             identity.JoinNetworkRequest(
                 display_name=name or unique("Partner"), kinds=list(kinds) or [identity.PARTNER_KIND_RETAILER]
             ),
-            metadata=SERVICE,
+            metadata=service(),
         )
         key = await self.identity.CreateApiKey(
             identity.CreateApiKeyRequest(partner_id=joined.partner_id, name="tests", scopes=list(scopes)),
-            metadata=SERVICE,
+            metadata=service(),
         )
         return Partner(joined.partner_id, key.secret, key.api_key.api_key_id)
 
@@ -130,7 +136,7 @@ class Stack:
         """A new person; with ``customer_of``, a customer of that partner."""
         party = await self.identity.RegisterParty(
             identity.RegisterPartyRequest(kind=identity.PARTY_KIND_PERSON, display_name=name or unique("Person")),
-            metadata=SERVICE,
+            metadata=service(),
         )
         if customer_of:
             await self.identity.EstablishRelationship(
@@ -140,7 +146,7 @@ class Stack:
                     type="customer_of",
                     context_partner_id=customer_of,
                 ),
-                metadata=SERVICE,
+                metadata=service(),
             )
         return str(party.party_id)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_testing import SERVICE, SERVICES, TEST_GATEWAY, Stack, bearer, unique
+from gateway_testing import SERVICES, TEST_GATEWAY, Stack, bearer, service, unique
 from opentelemetry.trace import SpanKind
 
 from collabnet.identity.v1 import identity_pb2 as identity
@@ -89,7 +89,9 @@ async def test_a_revoked_key_is_refused_long_before_the_cache_would_forget_it(sh
     partner = await shared_stack.partner()
     assert (await shared_stack.http.get("/v1/partners", headers=partner.auth)).status_code == 200
     revoked_at = time.monotonic()
-    await shared_stack.identity.RevokeApiKey(identity.RevokeApiKeyRequest(api_key_id=partner.key_id), metadata=SERVICE)
+    await shared_stack.identity.RevokeApiKey(
+        identity.RevokeApiKeyRequest(api_key_id=partner.key_id), metadata=service()
+    )
 
     async def refused() -> bool:
         return (await shared_stack.http.get("/v1/partners", headers=partner.auth)).status_code == 401
