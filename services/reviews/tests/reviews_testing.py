@@ -112,6 +112,8 @@ def reviews_settings(database_url: str, nats_server: NatsServer, state_dir: Path
         state_dir,
         identity_address=identity_address,
         disclosure_retry_seconds=0.2,
+        # The tests' machines are shared: identity answering slowly is not what they are about.
+        affiliation_timeout_seconds=30.0,
     )
 
 

@@ -39,6 +39,8 @@ class Settings(ServiceSettings):
     profanity: list[str] = Field(default_factory=list)
     # How often reviews whose disclosure identity could not give yet are checked again.
     disclosure_retry_seconds: float = Field(default=5.0, gt=0)
+    # How long a submission waits for identity to say whether its author is affiliated (else pending).
+    affiliation_timeout_seconds: float = Field(default=3.0, gt=0)
 
 
 def create(settings: Settings, **options: object) -> Service:
@@ -52,6 +54,7 @@ def create(settings: Settings, **options: object) -> Service:
             runtime.service_token,
             types=settings.affiliation_types,
             via_people=settings.affiliation_types_via_people,
+            timeout=settings.affiliation_timeout_seconds,
         )
         prior = Prior(settings.rating_prior_mean, settings.rating_prior_weight)
         servicer = ReviewsApi(runtime.db, affiliations, prior=prior, profanity={*domain.PROFANITY, *settings.profanity})
