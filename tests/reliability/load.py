@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from collabnet_cli.gateway import Caller, Gateway, until
+from collabnet_cli.gateway import Caller, Gateway, join, until
 
 KEY_RATE = 20.0
 """Requests per second offered per API key: under the gateway's default limit of 50 per key."""
@@ -89,8 +89,8 @@ class Network:
         """Make the network through the gateway (every retailer lists every product, unless not
         ``listed``), and wait until reviews knows every product."""
         tag = uuid.uuid4().hex[:6]
-        maker = await _join(gateway, operator, f"Maker {tag}", "manufacturer")
-        sellers = [await _join(gateway, operator, f"Retailer {i} {tag}", "retailer") for i in range(retailers)]
+        maker = await join(gateway, operator, f"Maker {tag}", ["manufacturer"])
+        sellers = [await join(gateway, operator, f"Retailer {i} {tag}", ["retailer"]) for i in range(retailers)]
         room = asyncio.Semaphore(8)
 
         async def product(i: int) -> str:
@@ -135,12 +135,6 @@ class Network:
             ReviewPlan(f"review-{self.tag}-{n}", customer, product, n % 5 + 1, n)
             for n, (customer, product) in enumerate(pairs[:count])
         ]
-
-
-async def _join(gateway: Gateway, operator: Caller, name: str, kind: str) -> Caller:
-    partner = (await gateway.post(operator, "/v1/partners", {"display_name": name, "kinds": [kind]}))["partner_id"]
-    key = await gateway.post(operator, f"/v1/partners/{partner}/api-keys", {"name": name, "scopes": ["reviews:write"]})
-    return Caller(partner, key["secret"])
 
 
 def http_client(base_url: str, max_in_flight: int, timeout: float = 30.0) -> httpx.AsyncClient:

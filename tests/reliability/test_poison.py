@@ -35,7 +35,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from collabnet.reviews.v1.events_pb2 import ReviewPublished
 from collabnet_cli import deadletter, operator
-from collabnet_cli.gateway import Caller, Gateway, eventually_created, until
+from collabnet_cli.gateway import Caller, Gateway, eventually_created, join, until
 from collabnet_cli.stack import Stack
 from collabnet_kit.bus import Bus, cloudevent_headers, stream_name
 from collabnet_kit.outbox import new_event_id
@@ -74,17 +74,9 @@ class Shop:
         return self.retailer.for_party(party_id)
 
 
-async def join(gateway: Gateway, operator_key: Caller, name: str, kind: str) -> Caller:
-    joined = await gateway.post(operator_key, "/v1/partners", {"display_name": name, "kinds": [kind]})
-    key = await gateway.post(
-        operator_key, f"/v1/partners/{joined['partner_id']}/api-keys", {"name": name, "scopes": ["reviews:write"]}
-    )
-    return Caller(joined["partner_id"], key["secret"])
-
-
 async def open_shop(gateway: Gateway, operator_key: Caller, customers: int) -> Shop:
-    maker = await join(gateway, operator_key, "Poison Maker", "manufacturer")
-    retailer = await join(gateway, operator_key, "Poison Retailer", "retailer")
+    maker = await join(gateway, operator_key, "Poison Maker", ["manufacturer"])
+    retailer = await join(gateway, operator_key, "Poison Retailer", ["retailer"])
     body = {"sku": "PSN-1", "name": "Poison kettle", "category": "kitchen", "kind": "finished_good"}
     product = (await gateway.post(maker, "/v1/products", body))["product_id"]
     price = {"currency_code": "EUR", "amount_minor": 4999}

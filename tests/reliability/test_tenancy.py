@@ -39,7 +39,7 @@ from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
 from collabnet_cli import operator
-from collabnet_cli.gateway import Caller, Gateway, WebhookEndpoint, eventually_created, until
+from collabnet_cli.gateway import Caller, Gateway, WebhookEndpoint, eventually_created, join, until
 from collabnet_cli.stack import Component, Stack, installed_components
 from collabnet_gateway.app import DESCRIPTORS, STUBS
 from collabnet_gateway.catalog import ROUTES
@@ -135,13 +135,7 @@ class World:
         return result
 
     async def join(self, name: str, kinds: list[str], scopes: list[str]) -> Caller:
-        joined = await self.post(self.operator, "/v1/partners", {"display_name": f"{name} {self.tag}", "kinds": kinds})
-        key = await self.post(
-            self.operator,
-            f"/v1/partners/{joined['partner_id']}/api-keys",
-            {"name": f"{name} backend", "scopes": scopes},
-        )
-        return Caller(joined["partner_id"], key["secret"])
+        return await join(self.gateway, self.operator, f"{name} {self.tag}", kinds, scopes)
 
     async def build(self, webhooks: WebhookEndpoint) -> None:
         await self._partners(webhooks)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -99,6 +99,23 @@ class Gateway:
 
     async def post(self, caller: Caller, path: str, body: Any = None) -> Reply:
         return await self.call(caller, "POST", path, {} if body is None else body)
+
+
+async def join(
+    gateway: Gateway,
+    operator: Caller,
+    name: str,
+    kinds: Sequence[str],
+    scopes: Sequence[str] = ("reviews:write",),
+) -> Caller:
+    """A new partner, joined by the network's ``operator`` (scope ``network:admin``), with a first
+    key of ``scopes``."""
+    joined = await gateway.post(operator, "/v1/partners", {"display_name": name, "kinds": list(kinds)})
+    partner_id = joined["partner_id"]
+    key = await gateway.post(
+        operator, f"/v1/partners/{partner_id}/api-keys", {"name": f"{name} backend", "scopes": list(scopes)}
+    )
+    return Caller(partner_id, key["secret"])
 
 
 async def until(check: Callable[[], Awaitable[T | None]], what: str, timeout: float = 30.0) -> T:
