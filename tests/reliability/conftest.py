@@ -34,7 +34,7 @@ class Sizes:
 
 
 SIZES = (
-    Sizes(reviews=1000, products=100, load_rate=30.0, load_seconds=120.0, examples=50)
+    Sizes(reviews=1000, products=100, load_rate=20.0, load_seconds=120.0, examples=50)
     if SOAK
     else Sizes(reviews=250, products=25, load_rate=20.0, load_seconds=10.0, examples=5)
 )

@@ -68,6 +68,10 @@ CRITICAL = ("identity",)
 class Settings(ServiceSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
+    # How long an idle keep-alive connection is kept: longer than clients' and proxies' own idle
+    # timeouts (httpx 5 s, ingress-nginx 60 s), so they close it first and never send a request on a
+    # connection the gateway is closing.
+    http_keep_alive_seconds: int = Field(default=75, gt=0)
     identity_address: str = "127.0.0.1:50061"
     supplychain_address: str = "127.0.0.1:50062"
     reviews_address: str = "127.0.0.1:50063"
@@ -375,6 +379,7 @@ class Gateway:
             lifespan="off",
             http="httptools",
             loop="none",
+            timeout_keep_alive=self.settings.http_keep_alive_seconds,
         )
         self._server = _Server(config)
         self._serving = asyncio.create_task(self._server.serve(), name="gateway-http")
