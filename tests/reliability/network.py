@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import asyncpg
 import httpx
@@ -51,6 +51,9 @@ POINTS = {"review_published": 10, "answer_posted": 5}
 STARS = {1: "One", 2: "Two", 3: "Three", 4: "Four", 5: "Five"}
 DOMAINS = ("identity", "supplychain", "reviews", "community", "improvement")
 """The services that publish events, each to its own stream."""
+
+
+T = TypeVar("T")
 
 
 # --- a careful partner's client -------------------------------------------------------------------
@@ -542,6 +545,18 @@ async def drive(network: Network, plan: Plan, *, concurrency: int, progress: Pro
             progress.done += 1
 
     await bounded([partial(run, s) for s in plan.steps], concurrency)
+
+
+async def settled(check: Callable[[], Awaitable[T]], done: Callable[[T], bool], timeout: float = 120.0) -> T:
+    """``check()``'s first result that is ``done``, or its last one when ``timeout`` has passed (to be
+    reported as found): what the system settles into after the workload."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = await check()
+        if done(result) or loop.time() > deadline:
+            return result
+        await asyncio.sleep(0.5)
 
 
 def _now(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import asyncpg
 import grpc
@@ -40,13 +40,13 @@ from tests.reliability.network import (
     order_tally,
     postgres_dsn,
     reputation_tally,
+    settled,
     summary_tally,
 )
 
 if TYPE_CHECKING:
     from tests.reliability.conftest import Sizes
 
-T = TypeVar("T")
 
 CONCURRENCY = 16
 """Requests in flight at once, as a partner's backend with a small worker pool sends them."""
@@ -54,7 +54,6 @@ NEGATIVE_SHARE = 0.3
 OUTAGE_SECONDS = 12.0
 """How long the reviews database refuses work: longer than the gateway's deadline for a call (5 s),
 SQLite's busy timeout (10 s) and a consumer's retries of an event (7.5 s over 5 deliveries)."""
-SETTLE_SECONDS = 120.0
 """How long the system has, once the faults are over, to reach the expected state."""
 
 
@@ -158,18 +157,6 @@ def assert_nothing_lost(audit: EventAudit) -> None:
     assert audit.lost == 0, "events recorded but not in their stream"
     assert audit.consumers_behind == {}, "durable consumers with messages not handled"
     assert audit.dead_letters == [], [(d.consumer, d.subject, d.error) for d in audit.dead_letters]
-
-
-async def settled(check: Callable[[], Awaitable[T]], done: Callable[[T], bool], timeout: float = SETTLE_SECONDS) -> T:
-    """``check()``'s first result that is ``done``, or its last one when ``timeout`` has passed (to be
-    reported as found)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = await check()
-        if done(result) or loop.time() > deadline:
-            return result
-        await asyncio.sleep(0.5)
 
 
 # --- the faults -------------------------------------------------------------------------------------

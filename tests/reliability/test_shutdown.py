@@ -23,7 +23,7 @@ import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -31,7 +31,7 @@ from collabnet_cli import operator
 from collabnet_cli.gateway import Caller, Gateway, until
 from collabnet_cli.stack import Stack
 from tests.reliability.load import Customer, Mix, Network, OpenLoop, Operation, Request, ReviewPlan, http_client
-from tests.reliability.network import audit_events
+from tests.reliability.network import audit_events, settled
 
 if TYPE_CHECKING:
     from tests.reliability.conftest import Sizes
@@ -46,8 +46,6 @@ PROGRESS = 3
 """Reviews accepted after a restart before the next SIGTERM: the stack serves writes again."""
 GIVE_UP_SECONDS = 180.0
 """How long one review is retried before the test gives up on it (the stack never came back)."""
-SETTLE_SECONDS = 120.0
-T = TypeVar("T")
 
 
 @dataclass
@@ -321,9 +319,8 @@ class Audit:
             for w in written:
                 if w.tries > 1 and not w.applied_before:
                     await self.replay(gateway, w)
-        events = await _settled(
+        events = await settled(
             lambda: audit_events(stack),
-            "every event is published and handled",
             lambda audit: not (audit.unsent or audit.consumers_behind),
         )
         self.events_lost += events.lost + events.unsent + len(events.dead_letters)
@@ -344,7 +341,7 @@ class Audit:
             shown = await _all(gateway, maker, "/v1/reviews", "reviews", product)
             return {r["review_id"]: r["rating"] for r in shown}
 
-        shown = await _settled(listed, f"{product}'s reviews are the accepted ones", lambda shown: shown == expected)
+        shown = await settled(listed, lambda shown: shown == expected)
         self.lost += len(set(expected) - set(shown))
         self.check(shown == expected, f"{product}: listed {shown}, accepted {expected}")
         summary = (await gateway.get(maker, f"/v1/products/{product}/rating-summary")).body
@@ -356,9 +353,7 @@ class Audit:
         async def cases() -> Counter[str]:
             return Counter(c["review_id"] for c in await _all(gateway, maker, "/v1/cases", "cases", product))
 
-        opened = await _settled(
-            cases, f"{product}'s negative reviews each open one case", lambda opened: opened == negative
-        )
+        opened = await settled(cases, lambda opened: opened == negative)
         self.events_lost += len(set(negative) - set(opened))
         self.check(opened == negative, f"{product}: cases for {dict(opened)}, negative reviews {set(negative)}")
 
@@ -366,9 +361,7 @@ class Audit:
             body = (await gateway.get(maker, f"/v1/products/{product}/metrics")).body
             return int(body.get("review_count", 0)), body.get("average_rating")
 
-        count, average = await _settled(
-            metrics, f"improvement counts {product}'s reviews", lambda measured: measured[0] == len(expected)
-        )
+        count, average = await settled(metrics, lambda measured: measured[0] == len(expected))
         self.events_lost += abs(count - len(expected))
         self.check(
             count == len(expected) and (mean is None or math.isclose(average or 0.0, mean)),
@@ -383,7 +376,7 @@ class Audit:
             return int((await gateway.get(customer.caller, path)).body.get("points", 0))
 
         earned = REVIEW_POINTS * reviews
-        got = await _settled(points, f"{customer.party_id}'s reputation", lambda got: got == earned)
+        got = await settled(points, lambda got: got == earned)
         self.events_lost += abs(got - earned) // REVIEW_POINTS
         self.check(got == earned, f"{customer.party_id}: {got} points for {reviews} reviews")
 
@@ -411,20 +404,6 @@ async def _all(gateway: Gateway, caller: Caller, path: str, items: str, product:
         token = page.get("next_page_token", "")
         if not token:
             return found
-
-
-async def _settled(check: Callable[[], Awaitable[T]], what: str, holds: Callable[[T], bool]) -> T:
-    """``check()``'s first result that ``holds``, or its last result after ``SETTLE_SECONDS``: what
-    the audit finds wrong then is a finding."""
-    last: list[T] = []
-
-    async def settled() -> bool:
-        last[:] = [await check()]
-        return holds(last[0])
-
-    with contextlib.suppress(TimeoutError):
-        await until(settled, what, SETTLE_SECONDS)
-    return last[0]
 
 
 def _now(check: Callable[[], Any]) -> Callable[[], Awaitable[Any]]:

@@ -309,10 +309,9 @@ class Gateway:
                             partner_id=partner, key=key, fingerprint=fingerprint, state="pending", created_at=now
                         )
                     )
-                elif record.fingerprint == fingerprint and domain.abandoned(
-                    record.state, record.created_at, now, abandoned
-                ):
-                    # Taken over by this request only if no other retry took it over first.
+                elif record.state == "pending" and record.fingerprint == fingerprint:
+                    # A first request pending for longer than any request runs was abandoned (its gateway
+                    # stopped before it finished): this one takes the key over, unless another retry did.
                     claimed = await session.exec(
                         sa.update(IdempotencyRecord)
                         .where(

@@ -8,7 +8,6 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from typing import Any
 
 from collabnet_kit.errors import InvalidArgument, Validator
@@ -101,12 +100,6 @@ def request_fingerprint(method: str, path: str, body: bytes) -> str:
     except json.JSONDecodeError:
         canonical = body
     return hashlib.sha256(f"{method} {path}\n".encode() + canonical).hexdigest()
-
-
-def abandoned(state: str, started: datetime, now: datetime, after: timedelta) -> bool:
-    """Whether a key's first request, still pending since ``started``, was abandoned: no request
-    runs that long, so its gateway stopped before it finished, and a retry may take the key over."""
-    return state == "pending" and now - started >= after
 
 
 def validate_idempotency_key(key: str) -> None:
