@@ -22,35 +22,62 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from collabnet.common.v1 import personal_pb2 as collabnet_dot_common_dot_v1_dot_personal__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#collabnet/community/v1/events.proto\x12\x16\x63ollabnet.community.v1\"X\n\x0cMemberJoined\x12\x14\n\x0c\x63ommunity_id\x18\x01 \x01(\t\x12\x10\n\x08party_id\x18\x02 \x01(\t\x12\x12\n\npartner_id\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\"H\n\nMemberLeft\x12\x14\n\x0c\x63ommunity_id\x18\x01 \x01(\t\x12\x10\n\x08party_id\x18\x02 \x01(\t\x12\x12\n\npartner_id\x18\x03 \x01(\t\"`\n\rQuestionAsked\x12\x13\n\x0bquestion_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63ommunity_id\x18\x03 \x01(\t\x12\x10\n\x08\x61sker_id\x18\x04 \x01(\t\"\x89\x01\n\x0c\x41nswerPosted\x12\x11\n\tanswer_id\x18\x01 \x01(\t\x12\x13\n\x0bquestion_id\x18\x02 \x01(\t\x12\x12\n\nproduct_id\x18\x03 \x01(\t\x12\x13\n\x0b\x61nswerer_id\x18\x04 \x01(\t\x12\x16\n\x0everified_owner\x18\x05 \x01(\x08\x12\x10\n\x08official\x18\x06 \x01(\x08\"_\n\x0e\x41nswerAccepted\x12\x11\n\tanswer_id\x18\x01 \x01(\t\x12\x13\n\x0bquestion_id\x18\x02 \x01(\t\x12\x13\n\x0b\x61nswerer_id\x18\x03 \x01(\t\x12\x10\n\x08\x61sker_id\x18\x04 \x01(\t\"N\n\x11QuestionEscalated\x12\x13\n\x0bquestion_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x10\n\x08maker_id\x18\x03 \x01(\t\"\x83\x01\n\rIdeaSubmitted\x12\x0f\n\x07idea_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ommunity_id\x18\x02 \x01(\t\x12\x12\n\npartner_id\x18\x03 \x01(\t\x12\x14\n\x0csubmitter_id\x18\x04 \x01(\t\x12\r\n\x05title\x18\x05 \x01(\t\x12\x12\n\nproduct_id\x18\x06 \x01(\t\"b\n\x11IdeaStatusChanged\x12\x0f\n\x07idea_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ommunity_id\x18\x02 \x01(\t\x12\x12\n\nold_status\x18\x03 \x01(\t\x12\x12\n\nnew_status\x18\x04 \x01(\t\"\x97\x01\n\x0cIdeaPromoted\x12\x0f\n\x07idea_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ommunity_id\x18\x02 \x01(\t\x12\x12\n\npartner_id\x18\x03 \x01(\t\x12\r\n\x05title\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x12\n\nproduct_id\x18\x06 \x01(\t\x12\x14\n\x0csubmitter_id\x18\x07 \x01(\t\"k\n\x11ReputationChanged\x12\x10\n\x08party_id\x18\x01 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x16\n\x0e\x63\x61use_event_id\x18\x05 \x01(\t\"s\n\x11MemberRoleChanged\x12\x14\n\x0c\x63ommunity_id\x18\x01 \x01(\t\x12\x10\n\x08party_id\x18\x02 \x01(\t\x12\x12\n\npartner_id\x18\x03 \x01(\t\x12\x10\n\x08old_role\x18\x04 \x01(\t\x12\x10\n\x08new_role\x18\x05 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#collabnet/community/v1/events.proto\x12\x16\x63ollabnet.community.v1\x1a\"collabnet/common/v1/personal.proto\"`\n\x0cMemberJoined\x12\x14\n\x0c\x63ommunity_id\x18\x01 \x01(\t\x12\x18\n\x08party_id\x18\x02 \x01(\tB\x06\xa2\xbb\x18\x02\x08\x01\x12\x12\n\npartner_id\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\"P\n\nMemberLeft\x12\x14\n\x0c\x63ommunity_id\x18\x01 \x01(\t\x12\x18\n\x08party_id\x18\x02 \x01(\tB\x06\xa2\xbb\x18\x02\x08\x01\x12\x12\n\npartner_id\x18\x03 \x01(\t\"h\n\rQuestionAsked\x12\x13\n\x0bquestion_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63ommunity_id\x18\x03 \x01(\t\x12\x18\n\x08\x61sker_id\x18\x04 \x01(\tB\x06\xa2\xbb\x18\x02\x08\x01\"\x91\x01\n\x0c\x41nswerPosted\x12\x11\n\tanswer_id\x18\x01 \x01(\t\x12\x13\n\x0bquestion_id\x18\x02 \x01(\t\x12\x12\n\nproduct_id\x18\x03 \x01(\t\x12\x1b\n\x0b\x61nswerer_id\x18\x04 \x01(\tB\x06\xa2\xbb\x18\x02\x08\x01\x12\x16\n\x0everified_owner\x18\x05 \x01(\x08\x12\x10\n\x08official\x18\x06 \x01(\x08\"o\n\x0e\x41nswerAccepted\x12\x11\n\tanswer_id\x18\x01 \x01(\t\x12\x13\n\x0bquestion_id\x18\x02 \x01(\t\x12\x1b\n\x0b\x61nswerer_id\x18\x03 \x01(\tB\x06\xa2\xbb\x18\x02\x08\x01\x12\x18\n\x08\x61sker_id\x18\x04 \x01(\tB\x06\xa2\xbb\x18\x02\x08\x01\"N\n\x11QuestionEscalated\x12\x13\n\x0bquestion_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x10\n\x08maker_id\x18\x03 \x01(\t\"\x9f\x01\n\rIdeaSubmitted\x12\x0f\n\x07idea_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ommunity_id\x18\x02 \x01(\t\x12\x12\n\npartner_id\x18\x03 \x01(\t\x12\x1c\n\x0csubmitter_id\x18\x04 \x01(\tB\x06\xa2\xbb\x18\x02\x08\x01\x12!\n\x05title\x18\x05 \x01(\tB\x12\xa2\xbb\x18\x0e\x12\x0csubmitter_id\x12\x12\n\nproduct_id\x18\x06 \x01(\t\"b\n\x11IdeaStatusChanged\x12\x0f\n\x07idea_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ommunity_id\x18\x02 \x01(\t\x12\x12\n\nold_status\x18\x03 \x01(\t\x12\x12\n\nnew_status\x18\x04 \x01(\t\"\xc7\x01\n\x0cIdeaPromoted\x12\x0f\n\x07idea_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ommunity_id\x18\x02 \x01(\t\x12\x12\n\npartner_id\x18\x03 \x01(\t\x12!\n\x05title\x18\x04 \x01(\tB\x12\xa2\xbb\x18\x0e\x12\x0csubmitter_id\x12\'\n\x0b\x64\x65scription\x18\x05 \x01(\tB\x12\xa2\xbb\x18\x0e\x12\x0csubmitter_id\x12\x12\n\nproduct_id\x18\x06 \x01(\t\x12\x1c\n\x0csubmitter_id\x18\x07 \x01(\tB\x06\xa2\xbb\x18\x02\x08\x01\"s\n\x11ReputationChanged\x12\x18\n\x08party_id\x18\x01 \x01(\tB\x06\xa2\xbb\x18\x02\x08\x01\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x16\n\x0e\x63\x61use_event_id\x18\x05 \x01(\t\"{\n\x11MemberRoleChanged\x12\x14\n\x0c\x63ommunity_id\x18\x01 \x01(\t\x12\x18\n\x08party_id\x18\x02 \x01(\tB\x06\xa2\xbb\x18\x02\x08\x01\x12\x12\n\npartner_id\x18\x03 \x01(\t\x12\x10\n\x08old_role\x18\x04 \x01(\t\x12\x10\n\x08new_role\x18\x05 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'collabnet.community.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MEMBERJOINED']._serialized_start=63
-  _globals['_MEMBERJOINED']._serialized_end=151
-  _globals['_MEMBERLEFT']._serialized_start=153
-  _globals['_MEMBERLEFT']._serialized_end=225
-  _globals['_QUESTIONASKED']._serialized_start=227
-  _globals['_QUESTIONASKED']._serialized_end=323
-  _globals['_ANSWERPOSTED']._serialized_start=326
-  _globals['_ANSWERPOSTED']._serialized_end=463
-  _globals['_ANSWERACCEPTED']._serialized_start=465
-  _globals['_ANSWERACCEPTED']._serialized_end=560
-  _globals['_QUESTIONESCALATED']._serialized_start=562
-  _globals['_QUESTIONESCALATED']._serialized_end=640
-  _globals['_IDEASUBMITTED']._serialized_start=643
-  _globals['_IDEASUBMITTED']._serialized_end=774
-  _globals['_IDEASTATUSCHANGED']._serialized_start=776
-  _globals['_IDEASTATUSCHANGED']._serialized_end=874
-  _globals['_IDEAPROMOTED']._serialized_start=877
-  _globals['_IDEAPROMOTED']._serialized_end=1028
-  _globals['_REPUTATIONCHANGED']._serialized_start=1030
-  _globals['_REPUTATIONCHANGED']._serialized_end=1137
-  _globals['_MEMBERROLECHANGED']._serialized_start=1139
-  _globals['_MEMBERROLECHANGED']._serialized_end=1254
+  _globals['_MEMBERJOINED'].fields_by_name['party_id']._loaded_options = None
+  _globals['_MEMBERJOINED'].fields_by_name['party_id']._serialized_options = b'\242\273\030\002\010\001'
+  _globals['_MEMBERLEFT'].fields_by_name['party_id']._loaded_options = None
+  _globals['_MEMBERLEFT'].fields_by_name['party_id']._serialized_options = b'\242\273\030\002\010\001'
+  _globals['_QUESTIONASKED'].fields_by_name['asker_id']._loaded_options = None
+  _globals['_QUESTIONASKED'].fields_by_name['asker_id']._serialized_options = b'\242\273\030\002\010\001'
+  _globals['_ANSWERPOSTED'].fields_by_name['answerer_id']._loaded_options = None
+  _globals['_ANSWERPOSTED'].fields_by_name['answerer_id']._serialized_options = b'\242\273\030\002\010\001'
+  _globals['_ANSWERACCEPTED'].fields_by_name['answerer_id']._loaded_options = None
+  _globals['_ANSWERACCEPTED'].fields_by_name['answerer_id']._serialized_options = b'\242\273\030\002\010\001'
+  _globals['_ANSWERACCEPTED'].fields_by_name['asker_id']._loaded_options = None
+  _globals['_ANSWERACCEPTED'].fields_by_name['asker_id']._serialized_options = b'\242\273\030\002\010\001'
+  _globals['_IDEASUBMITTED'].fields_by_name['submitter_id']._loaded_options = None
+  _globals['_IDEASUBMITTED'].fields_by_name['submitter_id']._serialized_options = b'\242\273\030\002\010\001'
+  _globals['_IDEASUBMITTED'].fields_by_name['title']._loaded_options = None
+  _globals['_IDEASUBMITTED'].fields_by_name['title']._serialized_options = b'\242\273\030\016\022\014submitter_id'
+  _globals['_IDEAPROMOTED'].fields_by_name['title']._loaded_options = None
+  _globals['_IDEAPROMOTED'].fields_by_name['title']._serialized_options = b'\242\273\030\016\022\014submitter_id'
+  _globals['_IDEAPROMOTED'].fields_by_name['description']._loaded_options = None
+  _globals['_IDEAPROMOTED'].fields_by_name['description']._serialized_options = b'\242\273\030\016\022\014submitter_id'
+  _globals['_IDEAPROMOTED'].fields_by_name['submitter_id']._loaded_options = None
+  _globals['_IDEAPROMOTED'].fields_by_name['submitter_id']._serialized_options = b'\242\273\030\002\010\001'
+  _globals['_REPUTATIONCHANGED'].fields_by_name['party_id']._loaded_options = None
+  _globals['_REPUTATIONCHANGED'].fields_by_name['party_id']._serialized_options = b'\242\273\030\002\010\001'
+  _globals['_MEMBERROLECHANGED'].fields_by_name['party_id']._loaded_options = None
+  _globals['_MEMBERROLECHANGED'].fields_by_name['party_id']._serialized_options = b'\242\273\030\002\010\001'
+  _globals['_MEMBERJOINED']._serialized_start=99
+  _globals['_MEMBERJOINED']._serialized_end=195
+  _globals['_MEMBERLEFT']._serialized_start=197
+  _globals['_MEMBERLEFT']._serialized_end=277
+  _globals['_QUESTIONASKED']._serialized_start=279
+  _globals['_QUESTIONASKED']._serialized_end=383
+  _globals['_ANSWERPOSTED']._serialized_start=386
+  _globals['_ANSWERPOSTED']._serialized_end=531
+  _globals['_ANSWERACCEPTED']._serialized_start=533
+  _globals['_ANSWERACCEPTED']._serialized_end=644
+  _globals['_QUESTIONESCALATED']._serialized_start=646
+  _globals['_QUESTIONESCALATED']._serialized_end=724
+  _globals['_IDEASUBMITTED']._serialized_start=727
+  _globals['_IDEASUBMITTED']._serialized_end=886
+  _globals['_IDEASTATUSCHANGED']._serialized_start=888
+  _globals['_IDEASTATUSCHANGED']._serialized_end=986
+  _globals['_IDEAPROMOTED']._serialized_start=989
+  _globals['_IDEAPROMOTED']._serialized_end=1188
+  _globals['_REPUTATIONCHANGED']._serialized_start=1190
+  _globals['_REPUTATIONCHANGED']._serialized_end=1305
+  _globals['_MEMBERROLECHANGED']._serialized_start=1307
+  _globals['_MEMBERROLECHANGED']._serialized_end=1430
 # @@protoc_insertion_point(module_scope)

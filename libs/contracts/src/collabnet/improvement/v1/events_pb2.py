@@ -22,38 +22,45 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from collabnet.common.v1 import personal_pb2 as collabnet_dot_common_dot_v1_dot_personal__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%collabnet/improvement/v1/events.proto\x12\x18\x63ollabnet.improvement.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbf\x01\n\nCaseOpened\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\x12\x11\n\treview_id\x18\x02 \x01(\t\x12\x12\n\nproduct_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x04 \x01(\t\x12\x10\n\x08maker_id\x18\x05 \x01(\t\x12\x13\n\x0bretailer_id\x18\x06 \x01(\t\x12\x0e\n\x06rating\x18\x07 \x01(\x05\x12-\n\topen_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"z\n\x0b\x43\x61seEngaged\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\x12\x12\n\npartner_id\x18\x02 \x01(\t\x12/\n\x0b\x65ngage_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rwithin_target\x18\x04 \x01(\x08\"\xec\x01\n\x0c\x43\x61seResolved\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\x12\x11\n\treview_id\x18\x02 \x01(\t\x12\x12\n\nproduct_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x04 \x01(\t\x12\x36\n\x07outcome\x18\x05 \x01(\x0e\x32%.collabnet.improvement.v1.CaseOutcome\x12\x30\n\x0cresolve_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08maker_id\x18\x07 \x01(\t\x12\x13\n\x0bretailer_id\x18\x08 \x01(\t\"\x7f\n\x19\x43orrectiveActionRequested\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x02 \x01(\t\x12\x12\n\nproduct_id\x18\x03 \x01(\t\x12\x13\n\x0bsupplier_id\x18\x04 \x01(\t\x12\x14\n\x0crequested_by\x18\x05 \x01(\t\"\x84\x01\n\x0e\x43oDesignJoined\x12\x15\n\rinvitation_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x02 \x01(\t\x12\x15\n\rinitiative_id\x18\x03 \x01(\t\x12\x10\n\x08party_id\x18\x04 \x01(\t\x12\x12\n\nproduct_id\x18\x05 \x01(\t\x12\r\n\x05label\x18\x06 \x01(\t\"\x80\x01\n\x12InitiativeLaunched\x12\x15\n\rinitiative_id\x18\x01 \x01(\t\x12\x10\n\x08owner_id\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x12\n\nproduct_id\x18\x05 \x01(\t\x12\x10\n\x08\x63\x61se_ids\x18\x06 \x03(\t\"g\n\x16InitiativeStageChanged\x12\x15\n\rinitiative_id\x18\x01 \x01(\t\x12\x11\n\told_stage\x18\x02 \x01(\t\x12\x11\n\tnew_stage\x18\x03 \x01(\t\x12\x10\n\x08\x64\x65\x63ision\x18\x04 \x01(\t\"j\n\x0cObjectiveMet\x12\x15\n\rinitiative_id\x18\x01 \x01(\t\x12\x14\n\x0cobjective_id\x18\x02 \x01(\t\x12\x0e\n\x06metric\x18\x03 \x01(\t\x12\x0e\n\x06target\x18\x04 \x01(\x01\x12\r\n\x05value\x18\x05 \x01(\x01\"q\n\x11RedesignRequested\x12\x15\n\rinitiative_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x10\n\x08maker_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63hanges\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"Y\n\x0c\x43\x61seReopened\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x14\n\x0creopen_count\x18\x03 \x01(\x05\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x99\x01\n\nCaseClosed\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x36\n\x07outcome\x18\x03 \x01(\x0e\x32%.collabnet.improvement.v1.CaseOutcome\x12.\n\nclose_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x82\x01\n\x0b\x43\x61seOutcome\x12\x1c\n\x18\x43\x41SE_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43\x41SE_OUTCOME_RECOVERED\x10\x01\x12\x1e\n\x1a\x43\x41SE_OUTCOME_NOT_RECOVERED\x10\x02\x12\x19\n\x15\x43\x41SE_OUTCOME_RESOLVED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%collabnet/improvement/v1/events.proto\x12\x18\x63ollabnet.improvement.v1\x1a\"collabnet/common/v1/personal.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc7\x01\n\nCaseOpened\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\x12\x11\n\treview_id\x18\x02 \x01(\t\x12\x12\n\nproduct_id\x18\x03 \x01(\t\x12\x1b\n\x0b\x63ustomer_id\x18\x04 \x01(\tB\x06\xa2\xbb\x18\x02\x08\x01\x12\x10\n\x08maker_id\x18\x05 \x01(\t\x12\x13\n\x0bretailer_id\x18\x06 \x01(\t\x12\x0e\n\x06rating\x18\x07 \x01(\x05\x12-\n\topen_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"z\n\x0b\x43\x61seEngaged\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\x12\x12\n\npartner_id\x18\x02 \x01(\t\x12/\n\x0b\x65ngage_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rwithin_target\x18\x04 \x01(\x08\"\xf4\x01\n\x0c\x43\x61seResolved\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\x12\x11\n\treview_id\x18\x02 \x01(\t\x12\x12\n\nproduct_id\x18\x03 \x01(\t\x12\x1b\n\x0b\x63ustomer_id\x18\x04 \x01(\tB\x06\xa2\xbb\x18\x02\x08\x01\x12\x36\n\x07outcome\x18\x05 \x01(\x0e\x32%.collabnet.improvement.v1.CaseOutcome\x12\x30\n\x0cresolve_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08maker_id\x18\x07 \x01(\t\x12\x13\n\x0bretailer_id\x18\x08 \x01(\t\"\x7f\n\x19\x43orrectiveActionRequested\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x02 \x01(\t\x12\x12\n\nproduct_id\x18\x03 \x01(\t\x12\x13\n\x0bsupplier_id\x18\x04 \x01(\t\x12\x14\n\x0crequested_by\x18\x05 \x01(\t\"\x8c\x01\n\x0e\x43oDesignJoined\x12\x15\n\rinvitation_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x02 \x01(\t\x12\x15\n\rinitiative_id\x18\x03 \x01(\t\x12\x18\n\x08party_id\x18\x04 \x01(\tB\x06\xa2\xbb\x18\x02\x08\x01\x12\x12\n\nproduct_id\x18\x05 \x01(\t\x12\r\n\x05label\x18\x06 \x01(\t\"\x80\x01\n\x12InitiativeLaunched\x12\x15\n\rinitiative_id\x18\x01 \x01(\t\x12\x10\n\x08owner_id\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x12\n\nproduct_id\x18\x05 \x01(\t\x12\x10\n\x08\x63\x61se_ids\x18\x06 \x03(\t\"g\n\x16InitiativeStageChanged\x12\x15\n\rinitiative_id\x18\x01 \x01(\t\x12\x11\n\told_stage\x18\x02 \x01(\t\x12\x11\n\tnew_stage\x18\x03 \x01(\t\x12\x10\n\x08\x64\x65\x63ision\x18\x04 \x01(\t\"j\n\x0cObjectiveMet\x12\x15\n\rinitiative_id\x18\x01 \x01(\t\x12\x14\n\x0cobjective_id\x18\x02 \x01(\t\x12\x0e\n\x06metric\x18\x03 \x01(\t\x12\x0e\n\x06target\x18\x04 \x01(\x01\x12\r\n\x05value\x18\x05 \x01(\x01\"q\n\x11RedesignRequested\x12\x15\n\rinitiative_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x10\n\x08maker_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63hanges\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"Y\n\x0c\x43\x61seReopened\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x14\n\x0creopen_count\x18\x03 \x01(\x05\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x99\x01\n\nCaseClosed\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x36\n\x07outcome\x18\x03 \x01(\x0e\x32%.collabnet.improvement.v1.CaseOutcome\x12.\n\nclose_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x82\x01\n\x0b\x43\x61seOutcome\x12\x1c\n\x18\x43\x41SE_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43\x41SE_OUTCOME_RECOVERED\x10\x01\x12\x1e\n\x1a\x43\x41SE_OUTCOME_NOT_RECOVERED\x10\x02\x12\x19\n\x15\x43\x41SE_OUTCOME_RESOLVED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'collabnet.improvement.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CASEOUTCOME']._serialized_start=1628
-  _globals['_CASEOUTCOME']._serialized_end=1758
-  _globals['_CASEOPENED']._serialized_start=101
-  _globals['_CASEOPENED']._serialized_end=292
-  _globals['_CASEENGAGED']._serialized_start=294
-  _globals['_CASEENGAGED']._serialized_end=416
-  _globals['_CASERESOLVED']._serialized_start=419
-  _globals['_CASERESOLVED']._serialized_end=655
-  _globals['_CORRECTIVEACTIONREQUESTED']._serialized_start=657
-  _globals['_CORRECTIVEACTIONREQUESTED']._serialized_end=784
-  _globals['_CODESIGNJOINED']._serialized_start=787
-  _globals['_CODESIGNJOINED']._serialized_end=919
-  _globals['_INITIATIVELAUNCHED']._serialized_start=922
-  _globals['_INITIATIVELAUNCHED']._serialized_end=1050
-  _globals['_INITIATIVESTAGECHANGED']._serialized_start=1052
-  _globals['_INITIATIVESTAGECHANGED']._serialized_end=1155
-  _globals['_OBJECTIVEMET']._serialized_start=1157
-  _globals['_OBJECTIVEMET']._serialized_end=1263
-  _globals['_REDESIGNREQUESTED']._serialized_start=1265
-  _globals['_REDESIGNREQUESTED']._serialized_end=1378
-  _globals['_CASEREOPENED']._serialized_start=1380
-  _globals['_CASEREOPENED']._serialized_end=1469
-  _globals['_CASECLOSED']._serialized_start=1472
-  _globals['_CASECLOSED']._serialized_end=1625
+  _globals['_CASEOPENED'].fields_by_name['customer_id']._loaded_options = None
+  _globals['_CASEOPENED'].fields_by_name['customer_id']._serialized_options = b'\242\273\030\002\010\001'
+  _globals['_CASERESOLVED'].fields_by_name['customer_id']._loaded_options = None
+  _globals['_CASERESOLVED'].fields_by_name['customer_id']._serialized_options = b'\242\273\030\002\010\001'
+  _globals['_CODESIGNJOINED'].fields_by_name['party_id']._loaded_options = None
+  _globals['_CODESIGNJOINED'].fields_by_name['party_id']._serialized_options = b'\242\273\030\002\010\001'
+  _globals['_CASEOUTCOME']._serialized_start=1688
+  _globals['_CASEOUTCOME']._serialized_end=1818
+  _globals['_CASEOPENED']._serialized_start=137
+  _globals['_CASEOPENED']._serialized_end=336
+  _globals['_CASEENGAGED']._serialized_start=338
+  _globals['_CASEENGAGED']._serialized_end=460
+  _globals['_CASERESOLVED']._serialized_start=463
+  _globals['_CASERESOLVED']._serialized_end=707
+  _globals['_CORRECTIVEACTIONREQUESTED']._serialized_start=709
+  _globals['_CORRECTIVEACTIONREQUESTED']._serialized_end=836
+  _globals['_CODESIGNJOINED']._serialized_start=839
+  _globals['_CODESIGNJOINED']._serialized_end=979
+  _globals['_INITIATIVELAUNCHED']._serialized_start=982
+  _globals['_INITIATIVELAUNCHED']._serialized_end=1110
+  _globals['_INITIATIVESTAGECHANGED']._serialized_start=1112
+  _globals['_INITIATIVESTAGECHANGED']._serialized_end=1215
+  _globals['_OBJECTIVEMET']._serialized_start=1217
+  _globals['_OBJECTIVEMET']._serialized_end=1323
+  _globals['_REDESIGNREQUESTED']._serialized_start=1325
+  _globals['_REDESIGNREQUESTED']._serialized_end=1438
+  _globals['_CASEREOPENED']._serialized_start=1440
+  _globals['_CASEREOPENED']._serialized_end=1529
+  _globals['_CASECLOSED']._serialized_start=1532
+  _globals['_CASECLOSED']._serialized_end=1685
 # @@protoc_insertion_point(module_scope)

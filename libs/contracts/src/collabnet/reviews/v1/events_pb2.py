@@ -22,30 +22,43 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from collabnet.common.v1 import personal_pb2 as collabnet_dot_common_dot_v1_dot_personal__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!collabnet/reviews/v1/events.proto\x12\x14\x63ollabnet.reviews.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x96\x01\n\nDisclosure\x12\x19\n\x11verified_purchase\x18\x01 \x01(\x08\x12\x17\n\x0frevision_bought\x18\x02 \x01(\x05\x12\x17\n\x0fsyndicated_from\x18\x03 \x01(\t\x12\x14\n\x0cincentivized\x18\x04 \x01(\x08\x12\x12\n\naffiliated\x18\x05 \x01(\x08\x12\x11\n\tincentive\x18\x06 \x01(\t\"\xf1\x01\n\x0fReviewPublished\x12\x11\n\treview_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x05\x12\x11\n\tauthor_id\x18\x04 \x01(\t\x12\x1a\n\x12\x63hannel_partner_id\x18\x05 \x01(\t\x12\x0e\n\x06rating\x18\x06 \x01(\x05\x12\x34\n\ndisclosure\x18\x07 \x01(\x0b\x32 .collabnet.reviews.v1.Disclosure\x12\x30\n\x0cpublish_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe1\x01\n\rReviewRevised\x12\x11\n\treview_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x05\x12\x11\n\tauthor_id\x18\x04 \x01(\t\x12\x1a\n\x12\x63hannel_partner_id\x18\x05 \x01(\t\x12\x12\n\nold_rating\x18\x06 \x01(\x05\x12\x12\n\nnew_rating\x18\x07 \x01(\x05\x12\x0f\n\x07version\x18\x08 \x01(\x05\x12/\n\x0brevise_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa0\x01\n\x0fReviewWithdrawn\x12\x11\n\treview_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x11\n\tauthor_id\x18\x03 \x01(\t\x12\x1a\n\x12\x63hannel_partner_id\x18\x04 \x01(\t\x12\x0e\n\x06rating\x18\x05 \x01(\x05\x12\x10\n\x08revision\x18\x06 \x01(\x05\x12\x15\n\rwas_published\x18\x07 \x01(\x08\"\x84\x01\n\x0fReviewResponded\x12\x11\n\treview_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x12\n\npartner_id\x18\x03 \x01(\t\x12\x13\n\x0bresponse_id\x18\x04 \x01(\t\x12\x0e\n\x06\x65\x64ited\x18\x05 \x01(\x08\x12\x11\n\tauthor_id\x18\x06 \x01(\t\"\x86\x01\n\x14RatingSummaryChanged\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12\x0c\n\x04mean\x18\x03 \x01(\x01\x12\x15\n\rsmoothed_mean\x18\x04 \x01(\x01\x12\x14\n\x0c\x64istribution\x18\x05 \x03(\x03\x12\x10\n\x08revision\x18\x06 \x01(\x05\"\xc0\x01\n\x0fReviewModerated\x12\x11\n\treview_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x11\n\tauthor_id\x18\x03 \x01(\t\x12\x1a\n\x12\x63hannel_partner_id\x18\x04 \x01(\t\x12\x11\n\tpublished\x18\x05 \x01(\x08\x12\x0f\n\x07reasons\x18\x06 \x03(\t\x12\x11\n\tmoderator\x18\x07 \x01(\t\x12\x0e\n\x06rating\x18\x08 \x01(\x05\x12\x10\n\x08revision\x18\t \x01(\x05\"\xab\x01\n\x17ReviewDisclosureChanged\x12\x11\n\treview_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x05\x12\x11\n\tauthor_id\x18\x04 \x01(\t\x12\x0e\n\x06rating\x18\x05 \x01(\x05\x12\x34\n\ndisclosure\x18\x06 \x01(\x0b\x32 .collabnet.reviews.v1.Disclosureb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!collabnet/reviews/v1/events.proto\x12\x14\x63ollabnet.reviews.v1\x1a\"collabnet/common/v1/personal.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x96\x01\n\nDisclosure\x12\x19\n\x11verified_purchase\x18\x01 \x01(\x08\x12\x17\n\x0frevision_bought\x18\x02 \x01(\x05\x12\x17\n\x0fsyndicated_from\x18\x03 \x01(\t\x12\x14\n\x0cincentivized\x18\x04 \x01(\x08\x12\x12\n\naffiliated\x18\x05 \x01(\x08\x12\x11\n\tincentive\x18\x06 \x01(\t\"\xf9\x01\n\x0fReviewPublished\x12\x11\n\treview_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x05\x12\x19\n\tauthor_id\x18\x04 \x01(\tB\x06\xa2\xbb\x18\x02\x08\x01\x12\x1a\n\x12\x63hannel_partner_id\x18\x05 \x01(\t\x12\x0e\n\x06rating\x18\x06 \x01(\x05\x12\x34\n\ndisclosure\x18\x07 \x01(\x0b\x32 .collabnet.reviews.v1.Disclosure\x12\x30\n\x0cpublish_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe9\x01\n\rReviewRevised\x12\x11\n\treview_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x05\x12\x19\n\tauthor_id\x18\x04 \x01(\tB\x06\xa2\xbb\x18\x02\x08\x01\x12\x1a\n\x12\x63hannel_partner_id\x18\x05 \x01(\t\x12\x12\n\nold_rating\x18\x06 \x01(\x05\x12\x12\n\nnew_rating\x18\x07 \x01(\x05\x12\x0f\n\x07version\x18\x08 \x01(\x05\x12/\n\x0brevise_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa8\x01\n\x0fReviewWithdrawn\x12\x11\n\treview_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x19\n\tauthor_id\x18\x03 \x01(\tB\x06\xa2\xbb\x18\x02\x08\x01\x12\x1a\n\x12\x63hannel_partner_id\x18\x04 \x01(\t\x12\x0e\n\x06rating\x18\x05 \x01(\x05\x12\x10\n\x08revision\x18\x06 \x01(\x05\x12\x15\n\rwas_published\x18\x07 \x01(\x08\"\x8c\x01\n\x0fReviewResponded\x12\x11\n\treview_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x12\n\npartner_id\x18\x03 \x01(\t\x12\x13\n\x0bresponse_id\x18\x04 \x01(\t\x12\x0e\n\x06\x65\x64ited\x18\x05 \x01(\x08\x12\x19\n\tauthor_id\x18\x06 \x01(\tB\x06\xa2\xbb\x18\x02\x08\x01\"\x86\x01\n\x14RatingSummaryChanged\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12\x0c\n\x04mean\x18\x03 \x01(\x01\x12\x15\n\rsmoothed_mean\x18\x04 \x01(\x01\x12\x14\n\x0c\x64istribution\x18\x05 \x03(\x03\x12\x10\n\x08revision\x18\x06 \x01(\x05\"\xc8\x01\n\x0fReviewModerated\x12\x11\n\treview_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x19\n\tauthor_id\x18\x03 \x01(\tB\x06\xa2\xbb\x18\x02\x08\x01\x12\x1a\n\x12\x63hannel_partner_id\x18\x04 \x01(\t\x12\x11\n\tpublished\x18\x05 \x01(\x08\x12\x0f\n\x07reasons\x18\x06 \x03(\t\x12\x11\n\tmoderator\x18\x07 \x01(\t\x12\x0e\n\x06rating\x18\x08 \x01(\x05\x12\x10\n\x08revision\x18\t \x01(\x05\"\xb3\x01\n\x17ReviewDisclosureChanged\x12\x11\n\treview_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x05\x12\x19\n\tauthor_id\x18\x04 \x01(\tB\x06\xa2\xbb\x18\x02\x08\x01\x12\x0e\n\x06rating\x18\x05 \x01(\x05\x12\x34\n\ndisclosure\x18\x06 \x01(\x0b\x32 .collabnet.reviews.v1.Disclosureb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'collabnet.reviews.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DISCLOSURE']._serialized_start=93
-  _globals['_DISCLOSURE']._serialized_end=243
-  _globals['_REVIEWPUBLISHED']._serialized_start=246
-  _globals['_REVIEWPUBLISHED']._serialized_end=487
-  _globals['_REVIEWREVISED']._serialized_start=490
-  _globals['_REVIEWREVISED']._serialized_end=715
-  _globals['_REVIEWWITHDRAWN']._serialized_start=718
-  _globals['_REVIEWWITHDRAWN']._serialized_end=878
-  _globals['_REVIEWRESPONDED']._serialized_start=881
-  _globals['_REVIEWRESPONDED']._serialized_end=1013
-  _globals['_RATINGSUMMARYCHANGED']._serialized_start=1016
-  _globals['_RATINGSUMMARYCHANGED']._serialized_end=1150
-  _globals['_REVIEWMODERATED']._serialized_start=1153
-  _globals['_REVIEWMODERATED']._serialized_end=1345
-  _globals['_REVIEWDISCLOSURECHANGED']._serialized_start=1348
-  _globals['_REVIEWDISCLOSURECHANGED']._serialized_end=1519
+  _globals['_REVIEWPUBLISHED'].fields_by_name['author_id']._loaded_options = None
+  _globals['_REVIEWPUBLISHED'].fields_by_name['author_id']._serialized_options = b'\242\273\030\002\010\001'
+  _globals['_REVIEWREVISED'].fields_by_name['author_id']._loaded_options = None
+  _globals['_REVIEWREVISED'].fields_by_name['author_id']._serialized_options = b'\242\273\030\002\010\001'
+  _globals['_REVIEWWITHDRAWN'].fields_by_name['author_id']._loaded_options = None
+  _globals['_REVIEWWITHDRAWN'].fields_by_name['author_id']._serialized_options = b'\242\273\030\002\010\001'
+  _globals['_REVIEWRESPONDED'].fields_by_name['author_id']._loaded_options = None
+  _globals['_REVIEWRESPONDED'].fields_by_name['author_id']._serialized_options = b'\242\273\030\002\010\001'
+  _globals['_REVIEWMODERATED'].fields_by_name['author_id']._loaded_options = None
+  _globals['_REVIEWMODERATED'].fields_by_name['author_id']._serialized_options = b'\242\273\030\002\010\001'
+  _globals['_REVIEWDISCLOSURECHANGED'].fields_by_name['author_id']._loaded_options = None
+  _globals['_REVIEWDISCLOSURECHANGED'].fields_by_name['author_id']._serialized_options = b'\242\273\030\002\010\001'
+  _globals['_DISCLOSURE']._serialized_start=129
+  _globals['_DISCLOSURE']._serialized_end=279
+  _globals['_REVIEWPUBLISHED']._serialized_start=282
+  _globals['_REVIEWPUBLISHED']._serialized_end=531
+  _globals['_REVIEWREVISED']._serialized_start=534
+  _globals['_REVIEWREVISED']._serialized_end=767
+  _globals['_REVIEWWITHDRAWN']._serialized_start=770
+  _globals['_REVIEWWITHDRAWN']._serialized_end=938
+  _globals['_REVIEWRESPONDED']._serialized_start=941
+  _globals['_REVIEWRESPONDED']._serialized_end=1081
+  _globals['_RATINGSUMMARYCHANGED']._serialized_start=1084
+  _globals['_RATINGSUMMARYCHANGED']._serialized_end=1218
+  _globals['_REVIEWMODERATED']._serialized_start=1221
+  _globals['_REVIEWMODERATED']._serialized_end=1421
+  _globals['_REVIEWDISCLOSURECHANGED']._serialized_start=1424
+  _globals['_REVIEWDISCLOSURECHANGED']._serialized_end=1603
 # @@protoc_insertion_point(module_scope)

@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from collabnet.common.v1 import common_pb2 as collabnet_dot_common_dot_v1_dot_common__pb2
+from collabnet.common.v1 import personal_pb2 as collabnet_dot_common_dot_v1_dot_personal__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%collabnet/supplychain/v1/events.proto\x12\x18\x63ollabnet.supplychain.v1\x1a collabnet/common/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfc\x01\n\x11ProductRegistered\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x10\n\x08maker_id\x18\x05 \x01(\t\x12\x10\n\x08revision\x18\x06 \x01(\x05\x12O\n\nattributes\x18\x07 \x03(\x0b\x32;.collabnet.supplychain.v1.ProductRegistered.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x80\x01\n\x0eProductRevised\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08maker_id\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x05\x12\x0f\n\x07\x63hanges\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x15\n\rinitiative_id\x18\x06 \x01(\t\"\x8a\x01\n\rProductListed\x12\x12\n\nlisting_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x13\n\x0bretailer_id\x18\x03 \x01(\t\x12)\n\x05price\x18\x04 \x01(\x0b\x32\x1a.collabnet.common.v1.Money\x12\x11\n\tavailable\x18\x05 \x01(\x08\"N\n\x0fProductDelisted\x12\x12\n\nlisting_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x13\n\x0bretailer_id\x18\x03 \x01(\t\"\xc5\x01\n\x14SupplyNetworkChanged\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08maker_id\x18\x02 \x01(\t\x12J\n\tsuppliers\x18\x03 \x03(\x0b\x32\x37.collabnet.supplychain.v1.SupplyNetworkChanged.Supplier\x1a;\n\x08Supplier\x12\x13\n\x0bsupplier_id\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\x05\x12\x0c\n\x04item\x18\x03 \x01(\t\"s\n\tOrderLine\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x05\x12\x10\n\x08quantity\x18\x03 \x01(\x05\x12.\n\nunit_price\x18\x04 \x01(\x0b\x32\x1a.collabnet.common.v1.Money\"\xd8\x01\n\x0bOrderPlaced\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x13\n\x0bretailer_id\x18\x03 \x01(\t\x12\x32\n\x05lines\x18\x04 \x03(\x0b\x32#.collabnet.supplychain.v1.OrderLine\x12)\n\x05total\x18\x05 \x01(\x0b\x32\x1a.collabnet.common.v1.Money\x12.\n\nplace_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb2\x01\n\x0eOrderDelivered\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x13\n\x0bretailer_id\x18\x03 \x01(\t\x12\x32\n\x05lines\x18\x04 \x03(\x0b\x32#.collabnet.supplychain.v1.OrderLine\x12\x30\n\x0c\x64\x65liver_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\\\n\x0eOrderCancelled\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x13\n\x0bretailer_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x9f\x01\n\x0fShipmentDelayed\x12\x13\n\x0bshipment_id\x18\x01 \x01(\t\x12\x0e\n\x06leg_id\x18\x02 \x01(\t\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\x12\n\ncarrier_id\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x31\n\rexpected_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb0\x02\n\x0cRecallIssued\x12\x11\n\trecall_id\x18\x01 \x01(\t\x12\x0f\n\x07lot_ids\x18\x02 \x03(\t\x12\x13\n\x0bproduct_ids\x18\x03 \x03(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12M\n\x0f\x61\x66\x66\x65\x63ted_orders\x18\x05 \x03(\x0b\x32\x34.collabnet.supplychain.v1.RecallIssued.AffectedOrder\x1a\x87\x01\n\rAffectedOrder\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x13\n\x0bretailer_id\x18\x03 \x01(\t\x12\x12\n\x05\x65mail\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05phone\x18\x05 \x01(\tH\x01\x88\x01\x01\x42\x08\n\x06_emailB\x08\n\x06_phoneb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%collabnet/supplychain/v1/events.proto\x12\x18\x63ollabnet.supplychain.v1\x1a collabnet/common/v1/common.proto\x1a\"collabnet/common/v1/personal.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfc\x01\n\x11ProductRegistered\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x10\n\x08maker_id\x18\x05 \x01(\t\x12\x10\n\x08revision\x18\x06 \x01(\x05\x12O\n\nattributes\x18\x07 \x03(\x0b\x32;.collabnet.supplychain.v1.ProductRegistered.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x80\x01\n\x0eProductRevised\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08maker_id\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x05\x12\x0f\n\x07\x63hanges\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x15\n\rinitiative_id\x18\x06 \x01(\t\"\x8a\x01\n\rProductListed\x12\x12\n\nlisting_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x13\n\x0bretailer_id\x18\x03 \x01(\t\x12)\n\x05price\x18\x04 \x01(\x0b\x32\x1a.collabnet.common.v1.Money\x12\x11\n\tavailable\x18\x05 \x01(\x08\"N\n\x0fProductDelisted\x12\x12\n\nlisting_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x13\n\x0bretailer_id\x18\x03 \x01(\t\"\xc5\x01\n\x14SupplyNetworkChanged\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08maker_id\x18\x02 \x01(\t\x12J\n\tsuppliers\x18\x03 \x03(\x0b\x32\x37.collabnet.supplychain.v1.SupplyNetworkChanged.Supplier\x1a;\n\x08Supplier\x12\x13\n\x0bsupplier_id\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\x05\x12\x0c\n\x04item\x18\x03 \x01(\t\"s\n\tOrderLine\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x05\x12\x10\n\x08quantity\x18\x03 \x01(\x05\x12.\n\nunit_price\x18\x04 \x01(\x0b\x32\x1a.collabnet.common.v1.Money\"\xe0\x01\n\x0bOrderPlaced\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x1b\n\x0b\x63ustomer_id\x18\x02 \x01(\tB\x06\xa2\xbb\x18\x02\x08\x01\x12\x13\n\x0bretailer_id\x18\x03 \x01(\t\x12\x32\n\x05lines\x18\x04 \x03(\x0b\x32#.collabnet.supplychain.v1.OrderLine\x12)\n\x05total\x18\x05 \x01(\x0b\x32\x1a.collabnet.common.v1.Money\x12.\n\nplace_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xba\x01\n\x0eOrderDelivered\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x1b\n\x0b\x63ustomer_id\x18\x02 \x01(\tB\x06\xa2\xbb\x18\x02\x08\x01\x12\x13\n\x0bretailer_id\x18\x03 \x01(\t\x12\x32\n\x05lines\x18\x04 \x03(\x0b\x32#.collabnet.supplychain.v1.OrderLine\x12\x30\n\x0c\x64\x65liver_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"w\n\x0eOrderCancelled\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x1b\n\x0b\x63ustomer_id\x18\x02 \x01(\tB\x06\xa2\xbb\x18\x02\x08\x01\x12\x13\n\x0bretailer_id\x18\x03 \x01(\t\x12!\n\x06reason\x18\x04 \x01(\tB\x11\xa2\xbb\x18\r\x12\x0b\x63ustomer_id\"\x9f\x01\n\x0fShipmentDelayed\x12\x13\n\x0bshipment_id\x18\x01 \x01(\t\x12\x0e\n\x06leg_id\x18\x02 \x01(\t\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\x12\n\ncarrier_id\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x31\n\rexpected_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xde\x02\n\x0cRecallIssued\x12\x11\n\trecall_id\x18\x01 \x01(\t\x12\x0f\n\x07lot_ids\x18\x02 \x03(\t\x12\x13\n\x0bproduct_ids\x18\x03 \x03(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12M\n\x0f\x61\x66\x66\x65\x63ted_orders\x18\x05 \x03(\x0b\x32\x34.collabnet.supplychain.v1.RecallIssued.AffectedOrder\x1a\xb5\x01\n\rAffectedOrder\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x1b\n\x0b\x63ustomer_id\x18\x02 \x01(\tB\x06\xa2\xbb\x18\x02\x08\x01\x12\x13\n\x0bretailer_id\x18\x03 \x01(\t\x12%\n\x05\x65mail\x18\x04 \x01(\tB\x11\xa2\xbb\x18\r\x12\x0b\x63ustomer_idH\x00\x88\x01\x01\x12%\n\x05phone\x18\x05 \x01(\tB\x11\xa2\xbb\x18\r\x12\x0b\x63ustomer_idH\x01\x88\x01\x01\x42\x08\n\x06_emailB\x08\n\x06_phoneb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,32 +36,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PRODUCTREGISTERED_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_PRODUCTREGISTERED_ATTRIBUTESENTRY']._serialized_options = b'8\001'
-  _globals['_PRODUCTREGISTERED']._serialized_start=135
-  _globals['_PRODUCTREGISTERED']._serialized_end=387
-  _globals['_PRODUCTREGISTERED_ATTRIBUTESENTRY']._serialized_start=338
-  _globals['_PRODUCTREGISTERED_ATTRIBUTESENTRY']._serialized_end=387
-  _globals['_PRODUCTREVISED']._serialized_start=390
-  _globals['_PRODUCTREVISED']._serialized_end=518
-  _globals['_PRODUCTLISTED']._serialized_start=521
-  _globals['_PRODUCTLISTED']._serialized_end=659
-  _globals['_PRODUCTDELISTED']._serialized_start=661
-  _globals['_PRODUCTDELISTED']._serialized_end=739
-  _globals['_SUPPLYNETWORKCHANGED']._serialized_start=742
-  _globals['_SUPPLYNETWORKCHANGED']._serialized_end=939
-  _globals['_SUPPLYNETWORKCHANGED_SUPPLIER']._serialized_start=880
-  _globals['_SUPPLYNETWORKCHANGED_SUPPLIER']._serialized_end=939
-  _globals['_ORDERLINE']._serialized_start=941
-  _globals['_ORDERLINE']._serialized_end=1056
-  _globals['_ORDERPLACED']._serialized_start=1059
-  _globals['_ORDERPLACED']._serialized_end=1275
-  _globals['_ORDERDELIVERED']._serialized_start=1278
-  _globals['_ORDERDELIVERED']._serialized_end=1456
-  _globals['_ORDERCANCELLED']._serialized_start=1458
-  _globals['_ORDERCANCELLED']._serialized_end=1550
-  _globals['_SHIPMENTDELAYED']._serialized_start=1553
-  _globals['_SHIPMENTDELAYED']._serialized_end=1712
-  _globals['_RECALLISSUED']._serialized_start=1715
-  _globals['_RECALLISSUED']._serialized_end=2019
-  _globals['_RECALLISSUED_AFFECTEDORDER']._serialized_start=1884
-  _globals['_RECALLISSUED_AFFECTEDORDER']._serialized_end=2019
+  _globals['_ORDERPLACED'].fields_by_name['customer_id']._loaded_options = None
+  _globals['_ORDERPLACED'].fields_by_name['customer_id']._serialized_options = b'\242\273\030\002\010\001'
+  _globals['_ORDERDELIVERED'].fields_by_name['customer_id']._loaded_options = None
+  _globals['_ORDERDELIVERED'].fields_by_name['customer_id']._serialized_options = b'\242\273\030\002\010\001'
+  _globals['_ORDERCANCELLED'].fields_by_name['customer_id']._loaded_options = None
+  _globals['_ORDERCANCELLED'].fields_by_name['customer_id']._serialized_options = b'\242\273\030\002\010\001'
+  _globals['_ORDERCANCELLED'].fields_by_name['reason']._loaded_options = None
+  _globals['_ORDERCANCELLED'].fields_by_name['reason']._serialized_options = b'\242\273\030\r\022\013customer_id'
+  _globals['_RECALLISSUED_AFFECTEDORDER'].fields_by_name['customer_id']._loaded_options = None
+  _globals['_RECALLISSUED_AFFECTEDORDER'].fields_by_name['customer_id']._serialized_options = b'\242\273\030\002\010\001'
+  _globals['_RECALLISSUED_AFFECTEDORDER'].fields_by_name['email']._loaded_options = None
+  _globals['_RECALLISSUED_AFFECTEDORDER'].fields_by_name['email']._serialized_options = b'\242\273\030\r\022\013customer_id'
+  _globals['_RECALLISSUED_AFFECTEDORDER'].fields_by_name['phone']._loaded_options = None
+  _globals['_RECALLISSUED_AFFECTEDORDER'].fields_by_name['phone']._serialized_options = b'\242\273\030\r\022\013customer_id'
+  _globals['_PRODUCTREGISTERED']._serialized_start=171
+  _globals['_PRODUCTREGISTERED']._serialized_end=423
+  _globals['_PRODUCTREGISTERED_ATTRIBUTESENTRY']._serialized_start=374
+  _globals['_PRODUCTREGISTERED_ATTRIBUTESENTRY']._serialized_end=423
+  _globals['_PRODUCTREVISED']._serialized_start=426
+  _globals['_PRODUCTREVISED']._serialized_end=554
+  _globals['_PRODUCTLISTED']._serialized_start=557
+  _globals['_PRODUCTLISTED']._serialized_end=695
+  _globals['_PRODUCTDELISTED']._serialized_start=697
+  _globals['_PRODUCTDELISTED']._serialized_end=775
+  _globals['_SUPPLYNETWORKCHANGED']._serialized_start=778
+  _globals['_SUPPLYNETWORKCHANGED']._serialized_end=975
+  _globals['_SUPPLYNETWORKCHANGED_SUPPLIER']._serialized_start=916
+  _globals['_SUPPLYNETWORKCHANGED_SUPPLIER']._serialized_end=975
+  _globals['_ORDERLINE']._serialized_start=977
+  _globals['_ORDERLINE']._serialized_end=1092
+  _globals['_ORDERPLACED']._serialized_start=1095
+  _globals['_ORDERPLACED']._serialized_end=1319
+  _globals['_ORDERDELIVERED']._serialized_start=1322
+  _globals['_ORDERDELIVERED']._serialized_end=1508
+  _globals['_ORDERCANCELLED']._serialized_start=1510
+  _globals['_ORDERCANCELLED']._serialized_end=1629
+  _globals['_SHIPMENTDELAYED']._serialized_start=1632
+  _globals['_SHIPMENTDELAYED']._serialized_end=1791
+  _globals['_RECALLISSUED']._serialized_start=1794
+  _globals['_RECALLISSUED']._serialized_end=2144
+  _globals['_RECALLISSUED_AFFECTEDORDER']._serialized_start=1963
+  _globals['_RECALLISSUED_AFFECTEDORDER']._serialized_end=2144
 # @@protoc_insertion_point(module_scope)
