@@ -218,6 +218,10 @@ async def test_feed_pages_resume_from_their_token_and_filter_by_type(network: Ne
     )
     assert len(rest.events) == 2
     assert first.events[-1].position < rest.events[0].position
+    stored = await network.analytics.ListFeedEvents(
+        pb.ListFeedEventsRequest(after_position=first.events[-1].position), metadata=partner(maker)
+    )
+    assert stored.events == rest.events
     # At the end, the token stays where the feed is: polling with it gives what comes next.
     end = await network.analytics.ListFeedEvents(
         pb.ListFeedEventsRequest(page_token=rest.next_page_token), metadata=partner(maker)
@@ -237,6 +241,7 @@ async def test_feed_pages_resume_from_their_token_and_filter_by_type(network: Ne
 async def test_a_partner_reads_only_its_own_feed_and_bad_requests_are_refused(network: Network) -> None:
     mine, theirs, carla = new_id(), new_id(), new_id()
     request = pb.ListFeedEventsRequest
+    first_token = (await network.analytics.ListFeedEvents(request(), metadata=partner(mine))).next_page_token
     await refused(
         network.analytics.ListFeedEvents(request(partner_id=theirs), metadata=partner(mine)),
         grpc.StatusCode.PERMISSION_DENIED,
@@ -249,12 +254,14 @@ async def test_a_partner_reads_only_its_own_feed_and_bad_requests_are_refused(ne
         request(page_token="nonsense"),
         request(event_types=["collabnet.identity.v1.PartyRegistered"]),
         request(page_size=-1),
+        request(after_position=-1),
+        request(after_position=3, page_token=first_token),
     ):
         await refused(network.analytics.ListFeedEvents(bad, metadata=partner(mine)), grpc.StatusCode.INVALID_ARGUMENT)
+    await refused(network.analytics.ListFeedEvents(request(), metadata=SERVICE), grpc.StatusCode.INVALID_ARGUMENT)
     await refused(
-        network.analytics.ListFeedEvents(request(), metadata=SERVICE), grpc.StatusCode.INVALID_ARGUMENT
-    )
-    await refused(
-        network.analytics.ExportFeed(pb.ExportFeedRequest(partner_id=mine, destination="/tmp/x"), metadata=partner(mine)),
+        network.analytics.ExportFeed(
+            pb.ExportFeedRequest(partner_id=mine, destination="/tmp/x"), metadata=partner(mine)
+        ),
         grpc.StatusCode.PERMISSION_DENIED,
     )

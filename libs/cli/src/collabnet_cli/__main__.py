@@ -7,6 +7,11 @@ collabnet traces [ID]      draw a trace (the latest by default) from the local s
 collabnet deadletter list  the events consumers gave up on, still in the dead-letter stream
 collabnet deadletter replay --seq N ... | --all
                            publish them again to their subjects, then delete them
+collabnet export --partner P --to DIR [--since T]
+                           write the partner's analytics feed as Parquet, continuing where the
+                           last export to DIR stopped
+collabnet platform add NAME
+                           create the durable consumers an internal platform reads the streams with
 """
 
 from __future__ import annotations
@@ -20,14 +25,18 @@ import shutil
 import signal
 import sys
 from collections.abc import Awaitable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
+import grpc
 from nats.js import JetStreamContext
 
-from collabnet_cli import deadletter, demo_network, operator, traces
+from collabnet_cli import deadletter, demo_network, export, operator, platform, traces
 from collabnet_cli.gateway import Caller, Gateway, GatewayError, WebhookEndpoint
 from collabnet_cli.stack import NATS_PORT, Component, Stack, StackError, installed_components, tail
 from collabnet_cli.story import ClosedLoop, Step
+from collabnet_kit.bus import Bus
+from collabnet_kit.errors import DomainError
 
 GATEWAY_URL = os.environ.get("COLLABNET_GATEWAY_URL", "http://127.0.0.1:8080")
 
@@ -216,6 +225,57 @@ def _sequence(text: str) -> int:
     return seq
 
 
+async def export_feed(args: argparse.Namespace) -> int:
+    try:
+        summary = await export.export(args.partner, args.to, since=args.since, address=args.analytics)
+    except grpc.aio.AioRpcError as error:
+        print(f"collabnet export: analytics at {args.analytics}: {error.details()}", file=sys.stderr, flush=True)
+        return 1
+    except DomainError as error:
+        print(f"collabnet export: {error}", file=sys.stderr, flush=True)
+        return 1
+    _say(f"exported {summary.events} events in {len(summary.files)} files to {args.to}; position {summary.position}")
+    return 0
+
+
+async def add_platform(args: argparse.Namespace) -> int:
+    settings = deadletter.nats_settings()
+    bus = Bus(
+        args.nats_url,
+        name="collabnet-cli",
+        user=settings.nats_user,
+        password=settings.nats_password.get_secret_value(),
+        duplicate_window_seconds=settings.stream_duplicate_window_seconds,
+        stream_replicas=settings.stream_replicas,
+    )
+    try:
+        try:
+            await asyncio.wait_for(bus.connect(), timeout=10)
+        except TimeoutError:
+            print(
+                f"collabnet platform: cannot connect to NATS at {_server(args.nats_url)}", file=sys.stderr, flush=True
+            )
+            return 1
+        for stream, durable in await platform.add(bus, args.name, args.domains):
+            _say(f"{stream}: durable pull consumer {durable}")
+    except deadletter.CONNECTION_ERRORS as error:
+        message = f"NATS at {_server(args.nats_url)}: {deadletter.describe(error)}"
+        print(f"collabnet platform: {message}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        with contextlib.suppress(*deadletter.CONNECTION_ERRORS):
+            await bus.close()
+    return 0
+
+
+def _moment(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="collabnet", description="Run and operate collabnet.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -247,7 +307,26 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--seq", type=_sequence, nargs="+", action="extend", metavar="N", help="the dead letters' sequences (list)"
     )
     which.add_argument("--all", action="store_true", help="every dead letter (of --consumer, when given)")
+    out = commands.add_parser("export", help="write a partner's analytics feed as Parquet, partitioned by type and day")
+    out.add_argument("--partner", required=True, help="the partner whose feed to export")
+    out.add_argument("--to", required=True, help="a directory (or s3://..., gs://...); continues an earlier export")
+    out.add_argument("--since", type=_moment, help="only events at or after this time (ISO 8601)")
+    out.add_argument(
+        "--analytics",
+        default=export.ANALYTICS_ADDRESS,
+        help=f"analytics' gRPC address (default {export.ANALYTICS_ADDRESS})",
+    )
+    feeds = commands.add_parser("platform", help="internal platforms' durable consumers on the domain streams")
+    feed_commands = feeds.add_subparsers(dest="action", required=True)
+    add = feed_commands.add_parser("add", help="create (or update) the platform's durable consumers")
+    add.add_argument("name", type=platform.valid_name, help="the platform's name: letters, digits, - and _")
+    add.add_argument("--domains", nargs="+", default=list(platform.DOMAINS), choices=platform.DOMAINS)
+    add.add_argument("--nats-url", default=nats_url, help=f"NATS (default COLLABNET_NATS_URL: {_server(nats_url)})")
     args = parser.parse_args(argv)
+    if args.command == "export":
+        sys.exit(asyncio.run(export_feed(args)))
+    if args.command == "platform":
+        sys.exit(asyncio.run(add_platform(args)))
     if args.command == "deadletter":
         if args.action == "replay" and not args.seq and not args.all:
             again.error("say which dead letters to replay: --seq N ... (from collabnet deadletter list) or --all")

@@ -11,7 +11,7 @@ from google.protobuf import any_pb2
 
 from collabnet.analytics.v1 import analytics_pb2 as pb
 from collabnet.analytics.v1 import analytics_pb2_grpc
-from collabnet_analytics import domain, events, store
+from collabnet_analytics import domain, events, export, store
 from collabnet_kit import paging
 from collabnet_kit.db import Database
 from collabnet_kit.errors import InvalidArgument, PermissionDenied
@@ -57,10 +57,10 @@ class Feeds:
         ]
 
 
-def _position(token: str) -> int:
+def _position(token: str) -> int | None:
     values = paging.decode_cursor(token, 1)
     if values is None:
-        return 0
+        return None
     if not values[0].isdigit():
         raise InvalidArgument.field("page_token", "is not a token this service issued")
     return int(values[0])
@@ -96,7 +96,7 @@ class AnalyticsApi(analytics_pb2_grpc.AnalyticsServiceServicer):
             if principal.party_id and principal.party_id != partner_id:
                 raise PermissionDenied("the feed is the partner's own: it is not read acting for someone")
         size = domain.page_size(request.page_size)
-        after = _position(request.page_token)
+        after = domain.start(_position(request.page_token), request.after_position)
         domain.validate_event_types(request.event_types, events.SHARED_TYPES)
         page = await self.feeds.page(
             partner_id, after=after, limit=size, event_types=list(request.event_types), since=moment(request, "since")
@@ -119,9 +119,9 @@ class AnalyticsApi(analytics_pb2_grpc.AnalyticsServiceServicer):
 
 async def run_export(
     feeds: Feeds, partner_id: str, destination: str, *, since: datetime | None = None
-) -> Any:
+) -> export.Summary:
     """Write the partner's feed after the destination's last position, one bounded page at a time."""
-    from collabnet_analytics import export
+
     writer = await asyncio.to_thread(export.ParquetExport, destination, partner_id)
     try:
         after = writer.position

@@ -24,7 +24,7 @@ import hmac
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
@@ -290,7 +290,7 @@ def _values(message: Message, field: FieldDescriptor) -> list[object]:
 def persons(event: Message) -> set[str]:
     """The party ids in the event's personal fields (people, and partners in people's places)."""
     found: set[str] = set()
-    marks = _personal(event.DESCRIPTOR)
+    marks = _personal(cast(Descriptor, event.DESCRIPTOR))
     for field in marks.party_ids:
         found |= {v for v in _values(event, field) if isinstance(v, str) and v}
     for field in marks.nested:
@@ -317,7 +317,7 @@ def minimise(event: Message, *, key: bytes, partner_id: str, disclosed: frozense
 
 
 def _minimise(message: Message, key: bytes, partner_id: str, disclosed: frozenset[str] | set[str]) -> None:
-    marks = _personal(message.DESCRIPTOR)
+    marks = _personal(cast(Descriptor, message.DESCRIPTOR))
     # Owned fields first, while the owners' ids are still the real ones.
     for field, owner in marks.owned:
         if getattr(message, owner, "") not in disclosed:
@@ -365,6 +365,16 @@ def page_size(requested: int) -> int:
     if requested < 0:
         raise InvalidArgument.field("page_size", "must not be negative")
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def start(token_position: int | None, after_position: int) -> int:
+    """Where a read continues: after a page token's position (None without a token) or after a
+    position given as such."""
+    if after_position < 0:
+        raise InvalidArgument.field("after_position", "must not be negative")
+    if token_position is not None and after_position:
+        raise InvalidArgument.field("after_position", "give a page_token or an after_position, not both")
+    return after_position if token_position is None else token_position
 
 
 def validate_event_types(event_types: Iterable[str], known: Iterable[str]) -> None:

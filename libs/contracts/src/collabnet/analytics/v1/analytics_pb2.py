@@ -26,7 +26,7 @@ from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&collabnet/analytics/v1/analytics.proto\x12\x16\x63ollabnet.analytics.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x96\x01\n\tFeedEvent\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x05\x65vent\x18\x06 \x01(\x0b\x32\x14.google.protobuf.Any\"\x92\x01\n\x15ListFeedEventsRequest\x12\x12\n\npartner_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x13\n\x0b\x65vent_types\x18\x04 \x03(\t\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"d\n\x16ListFeedEventsResponse\x12\x31\n\x06\x65vents\x18\x01 \x03(\x0b\x32!.collabnet.analytics.v1.FeedEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"g\n\x11\x45xportFeedRequest\x12\x12\n\npartner_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x02 \x01(\t\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x12\x45xportFeedResponse\x12\x0e\n\x06\x65vents\x18\x01 \x01(\x03\x12\r\n\x05\x66iles\x18\x02 \x03(\t\x12\x10\n\x08position\x18\x03 \x01(\x03\x32\xed\x01\n\x10\x41nalyticsService\x12t\n\x0eListFeedEvents\x12-.collabnet.analytics.v1.ListFeedEventsRequest\x1a..collabnet.analytics.v1.ListFeedEventsResponse\"\x03\x90\x02\x01\x12\x63\n\nExportFeed\x12).collabnet.analytics.v1.ExportFeedRequest\x1a*.collabnet.analytics.v1.ExportFeedResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&collabnet/analytics/v1/analytics.proto\x12\x16\x63ollabnet.analytics.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x96\x01\n\tFeedEvent\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x05\x65vent\x18\x06 \x01(\x0b\x32\x14.google.protobuf.Any\"\xaa\x01\n\x15ListFeedEventsRequest\x12\x12\n\npartner_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x13\n\x0b\x65vent_types\x18\x04 \x03(\t\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x61\x66ter_position\x18\x06 \x01(\x03\"d\n\x16ListFeedEventsResponse\x12\x31\n\x06\x65vents\x18\x01 \x03(\x0b\x32!.collabnet.analytics.v1.FeedEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"g\n\x11\x45xportFeedRequest\x12\x12\n\npartner_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x02 \x01(\t\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x12\x45xportFeedResponse\x12\x0e\n\x06\x65vents\x18\x01 \x01(\x03\x12\r\n\x05\x66iles\x18\x02 \x03(\t\x12\x10\n\x08position\x18\x03 \x01(\x03\x32\xed\x01\n\x10\x41nalyticsService\x12t\n\x0eListFeedEvents\x12-.collabnet.analytics.v1.ListFeedEventsRequest\x1a..collabnet.analytics.v1.ListFeedEventsResponse\"\x03\x90\x02\x01\x12\x63\n\nExportFeed\x12).collabnet.analytics.v1.ExportFeedRequest\x1a*.collabnet.analytics.v1.ExportFeedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,13 +38,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FEEDEVENT']._serialized_start=127
   _globals['_FEEDEVENT']._serialized_end=277
   _globals['_LISTFEEDEVENTSREQUEST']._serialized_start=280
-  _globals['_LISTFEEDEVENTSREQUEST']._serialized_end=426
-  _globals['_LISTFEEDEVENTSRESPONSE']._serialized_start=428
-  _globals['_LISTFEEDEVENTSRESPONSE']._serialized_end=528
-  _globals['_EXPORTFEEDREQUEST']._serialized_start=530
-  _globals['_EXPORTFEEDREQUEST']._serialized_end=633
-  _globals['_EXPORTFEEDRESPONSE']._serialized_start=635
-  _globals['_EXPORTFEEDRESPONSE']._serialized_end=704
-  _globals['_ANALYTICSSERVICE']._serialized_start=707
-  _globals['_ANALYTICSSERVICE']._serialized_end=944
+  _globals['_LISTFEEDEVENTSREQUEST']._serialized_end=450
+  _globals['_LISTFEEDEVENTSRESPONSE']._serialized_start=452
+  _globals['_LISTFEEDEVENTSRESPONSE']._serialized_end=552
+  _globals['_EXPORTFEEDREQUEST']._serialized_start=554
+  _globals['_EXPORTFEEDREQUEST']._serialized_end=657
+  _globals['_EXPORTFEEDRESPONSE']._serialized_start=659
+  _globals['_EXPORTFEEDRESPONSE']._serialized_end=728
+  _globals['_ANALYTICSSERVICE']._serialized_start=731
+  _globals['_ANALYTICSSERVICE']._serialized_end=968
 # @@protoc_insertion_point(module_scope)

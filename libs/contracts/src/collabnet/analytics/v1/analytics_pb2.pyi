@@ -73,12 +73,17 @@ class ListFeedEventsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     EVENT_TYPES_FIELD_NUMBER: _builtins.int
     SINCE_FIELD_NUMBER: _builtins.int
+    AFTER_POSITION_FIELD_NUMBER: _builtins.int
     partner_id: _builtins.str
     """The partner whose feed to read; a partner may leave it empty for its own."""
     page_size: _builtins.int
     """At most this many events (default 100, at most 1000)."""
     page_token: _builtins.str
     """A next_page_token from an earlier response: the feed continues after it. Empty: from the start."""
+    after_position: _builtins.int
+    """Continue after this position (a FeedEvent's `position`, as a reader stored it), instead of a
+    page_token.
+    """
     @_builtins.property
     def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Only events of these types (protobuf full names); all when empty."""
@@ -95,10 +100,11 @@ class ListFeedEventsRequest(_message.Message):
         page_token: _builtins.str = ...,
         event_types: _abc.Iterable[_builtins.str] | None = ...,
         since: _timestamp_pb2.Timestamp | None = ...,
+        after_position: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_types", b"event_types", "page_size", b"page_size", "page_token", b"page_token", "partner_id", b"partner_id", "since", b"since"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_position", b"after_position", "event_types", b"event_types", "page_size", b"page_size", "page_token", b"page_token", "partner_id", b"partner_id", "since", b"since"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
