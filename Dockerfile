@@ -1,8 +1,8 @@
 # One image for every collabnet process: identity, community, reviews, supplychain, improvement,
-# the gateway, and each one's database migration.
+# analytics, the gateway, and each one's database migration.
 #
-# Why one image and not six: the workspace has one lock (uv.lock), so one build resolves and
-# installs it once; every service is built on the same kit and contracts, which six images would
+# Why one image and not seven: the workspace has one lock (uv.lock), so one build resolves and
+# installs it once; every service is built on the same kit and contracts, which seven images would
 # each carry again while differing only in a few hundred kilobytes of service code; and a release
 # is then one tag whose services are known to have been built from the same commit and the same
 # dependencies. The container's command chooses the service and what it does:
@@ -63,7 +63,7 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 FROM ${PYTHON_IMAGE}
 
 LABEL org.opencontainers.image.title="collabnet" \
-      org.opencontainers.image.description="collabnet services (identity, community, reviews, supplychain, improvement, gateway); the command chooses the service" \
+      org.opencontainers.image.description="collabnet services (identity, community, reviews, supplychain, improvement, analytics, gateway); the command chooses the service" \
       org.opencontainers.image.source="https://github.com/collabnet/collabnet"
 
 # The base image's pip, setuptools and wheel are not needed at run time (the venv has none either).
@@ -95,9 +95,9 @@ ENV PATH=/app/.venv/bin:$PATH \
 USER 10001:10001
 
 # Documentation only. The services' own defaults: gateway HTTP 8080; gRPC identity 50061,
-# supplychain 50062, reviews 50063, community 50064, improvement 50065 (the chart sets
-# COLLABNET_GRPC_PORT=50051 for all of them); Prometheus /metrics 9464 when COLLABNET_METRICS_PORT
-# is set.
-EXPOSE 8080 9464 50061 50062 50063 50064 50065
+# supplychain 50062, reviews 50063, community 50064, improvement 50065, analytics 50066 (the chart
+# sets COLLABNET_GRPC_PORT=50051 for all of them); Prometheus /metrics 9464 when
+# COLLABNET_METRICS_PORT is set.
+EXPOSE 8080 9464 50061 50062 50063 50064 50065 50066
 
 CMD ["python", "-m", "collabnet_gateway", "serve"]

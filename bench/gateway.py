@@ -3,7 +3,7 @@
     python bench/gateway.py [--concurrency 16] [--duration 10] [--warmup 2] [--quick]
                             [--observability off|runner]
 
-System under test: a private nats-server, the five services and the gateway, each its own process
+System under test: a private nats-server, the six services and the gateway, each its own process
 on its own SQLite file in a temporary folder, started as ``collabnet up`` starts them (the runner's
 ``Stack``, on free ports; the gateway's rate limit raised out of the way). It is seeded over gRPC,
 straight to the services, with one product as the closed-loop story has it: made by a

@@ -22,7 +22,7 @@ def component_env() -> Callable[[], dict[str, str]]:
 async def stack(
     tmp_path: Path, database_factory: Callable[[], str], component_env: Callable[[], dict[str, str]]
 ) -> AsyncIterator[Stack]:
-    """nats-server, the five services and the gateway, on free ports, each on a database of this
+    """nats-server, the six services and the gateway, on free ports, each on a database of this
     test's backend (SQLite, and PostgreSQL when configured)."""
     components = [
         Component(

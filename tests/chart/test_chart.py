@@ -29,7 +29,7 @@ PRODUCTION = REPO / "deploy/helm/values-production.yaml"
 RELEASE = "collabnet"
 NAMESPACE = "commerce"
 KUBE_VERSIONS = ("1.29.0", "1.30.0", "1.31.0")
-SERVICES = ("identity", "community", "reviews", "supplychain", "improvement", "gateway")
+SERVICES = ("identity", "community", "reviews", "supplychain", "improvement", "analytics", "gateway")
 GRPC_SERVICES = tuple(name for name in SERVICES if name != "gateway")
 CALLERS = {
     "identity": {"gateway", "reviews", "supplychain"},
@@ -37,7 +37,10 @@ CALLERS = {
     "reviews": {"gateway"},
     "supplychain": {"gateway"},
     "improvement": {"gateway"},
+    "analytics": {"gateway"},
 }
+# Services that may open HTTPS connections outside the cluster: the gateway's webhooks, analytics' exports.
+INTERNET_EGRESS = {"gateway", "analytics"}
 # Custom resources kubernetes-validate has no schema for: checked by hand in check_custom_resource.
 CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 SECRET_ENV = {
@@ -45,6 +48,7 @@ SECRET_ENV = {
     "COLLABNET_NATS_USER",
     "COLLABNET_NATS_PASSWORD",
     "COLLABNET_PRINCIPAL_SIGNING_KEY",
+    "COLLABNET_PSEUDONYM_KEY",
 }
 WORKLOAD_KINDS = {"Deployment", "Job"}
 SENTINEL = "s3ntinel-Secret-Value"
@@ -343,6 +347,22 @@ def test_settings_production_requires_are_given_and_secrets_come_from_secret_ref
         assert not SECRET_ENV & set(config_map.get("data", {})), config_map["metadata"]["name"]
 
 
+def test_analytics_alone_reads_the_pseudonym_key_from_its_secret(objects: list[Obj]) -> None:
+    workloads = [(d["metadata"]["labels"]["app.kubernetes.io/component"], d) for d in of_kind(objects, "Deployment")]
+    workloads += list(_jobs_by_service(objects).items())
+    for service, workload in workloads:
+        (container,) = containers(workload)
+        refs = {e["name"]: e["valueFrom"].get("secretKeyRef") for e in container.get("env", []) if "valueFrom" in e}
+        if service == "analytics":
+            assert refs["COLLABNET_PSEUDONYM_KEY"] == {"name": "collabnet-analytics", "key": "analytics-pseudonym-key"}
+        else:
+            assert "COLLABNET_PSEUDONYM_KEY" not in refs, (workload["kind"], service)
+    chosen = render({"analytics": {"pseudonymKey": {"existingSecret": "pseudonyms", "key": "current"}}})
+    (container,) = containers(named(chosen, "Deployment", full("analytics")))
+    (entry,) = [e for e in container["env"] if e["name"] == "COLLABNET_PSEUDONYM_KEY"]
+    assert entry["valueFrom"]["secretKeyRef"] == {"name": "pseudonyms", "key": "current"}
+
+
 def test_grpc_services_listen_on_one_port_and_callers_know_their_addresses(objects: list[Obj]) -> None:
     configs = {service: named(objects, "ConfigMap", full(service))["data"] for service in SERVICES}
     for service in GRPC_SERVICES:
@@ -524,7 +544,7 @@ def test_callers_may_reach_their_callees_and_everyone_dns_nats_and_the_database(
             )
             assert reaches == (service in callers), (service, callee)
         internet = [r for r in egress for peer in r.get("to", []) if peer.get("ipBlock", {}).get("cidr") == "0.0.0.0/0"]
-        if service == "gateway":
+        if service in INTERNET_EGRESS:
             assert internet and all({p["port"] for p in r["ports"]} == {443} for r in internet)
         else:
             assert not internet, service
@@ -601,6 +621,9 @@ def test_no_secret_is_rendered_and_no_url_carries_a_password(objects: list[Obj])
         f"nats.password={SENTINEL}",
         f"nats.url=nats://app:{SENTINEL}@nats:4222",
         f"principalSigning.value={SENTINEL}",
+        f"analytics.pseudonymKey.value={SENTINEL}",
+        f"services.analytics.config.COLLABNET_PSEUDONYM_KEY={SENTINEL}",
+        f"services.analytics.extraEnv[0].name=COLLABNET_PSEUDONYM_KEY,services.analytics.extraEnv[0].value={SENTINEL}",
         f"telemetry.otlpEndpoint=https://app:{SENTINEL}@otel:4318",
         f"defaults.extraEnv[0].name=COLLABNET_PRINCIPAL_SIGNING_KEY,defaults.extraEnv[0].value={SENTINEL}",
         f"services.gateway.extraEnv[0].name=COLLABNET_NATS_PASSWORD,services.gateway.extraEnv[0].value={SENTINEL}",

@@ -169,6 +169,13 @@ true when a service sets false, so it cannot turn a default off). Lists are repl
     secretKeyRef:
       name: {{ $v.principalSigning.existingSecret }}
       key: {{ $v.principalSigning.key }}
+{{- if eq .name "analytics" }}
+- name: COLLABNET_PSEUDONYM_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ $v.analytics.pseudonymKey.existingSecret }}
+      key: {{ $v.analytics.pseudonymKey.key }}
+{{- end }}
 {{- if $v.nats.existingSecret }}
 - name: COLLABNET_NATS_USER
   valueFrom:

@@ -57,6 +57,7 @@ COMPONENTS = [
     Component("reviews", "collabnet_reviews", 50063),
     Component("community", "collabnet_community", 50064),
     Component("improvement", "collabnet_improvement", 50065),
+    Component("analytics", "collabnet_analytics", 50066),
     Component("gateway", "collabnet_gateway", 8080, protocol="http"),
 ]
 NATS_PORT = 14222
