@@ -3,6 +3,7 @@ continued by the next run."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import duckdb
@@ -10,6 +11,7 @@ import grpc
 from analytics_testing import SERVICE, Network, new_id, refused
 
 from collabnet.analytics.v1 import analytics_pb2 as pb
+from collabnet.improvement.v1 import events_pb2 as improvement
 from collabnet.reviews.v1 import events_pb2 as reviews
 from collabnet.supplychain.v1 import events_pb2 as supplychain
 
@@ -92,3 +94,34 @@ async def test_an_export_for_another_partner_into_the_same_destination_is_refuse
         network.analytics.ExportFeed(pb.ExportFeedRequest(partner_id=first), metadata=SERVICE),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
+
+
+async def test_the_readmes_duckdb_query_answers_over_an_export(network: Network, tmp_path: Path) -> None:
+    maker, retailer, product = new_id(), new_id(), new_id()
+    await network.join(maker, retailer)
+    await network.publish(supplychain.ProductRegistered(product_id=product, maker_id=maker, revision=1))
+    await network.settled()
+    cases = [new_id(), new_id()]
+    for revision, rating in ((1, 2), (1, 1), (2, 5), (2, 4)):
+        await network.publish(
+            reviews.ReviewPublished(review_id=new_id(), product_id=product, revision=revision, rating=rating)
+        )
+    for case in cases:
+        await network.publish(improvement.CaseOpened(case_id=case, product_id=product, maker_id=maker))
+    await network.settled()
+    await network.publish(
+        improvement.CaseResolved(
+            case_id=cases[0], product_id=product, maker_id=maker, outcome=improvement.CASE_OUTCOME_RECOVERED
+        )
+    )
+    await network.settled()
+    await network.analytics.ExportFeed(
+        pb.ExportFeedRequest(partner_id=maker, destination=str(tmp_path / maker)), metadata=SERVICE
+    )
+
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
+    query = re.search(r"```sql\n(.*?)```", readme, re.DOTALL)
+    assert query is not None
+    with duckdb.connect() as connection:
+        rows = connection.sql(query.group(1).replace("'export/", f"'{tmp_path}/")).fetchall()
+    assert rows == [(product, 1, 1.5, 2, 2, 1), (product, 2, 4.5, 2, 2, 1)]
