@@ -109,7 +109,13 @@ class Network:
 @pytest.fixture
 async def network(database_url: str, nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Network]:
     settings = service_settings(
-        Settings, NAME, database_url, nats_server.url, tmp_path / NAME, pseudonym_key=PSEUDONYM_KEY
+        Settings,
+        NAME,
+        database_url,
+        nats_server.url,
+        tmp_path / NAME,
+        pseudonym_key=PSEUDONYM_KEY,
+        export_root=tmp_path,
     )
     service = create(settings, set_global_telemetry=False)
     async with running(service):

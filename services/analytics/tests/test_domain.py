@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import PurePosixPath
 
 import pytest
 
@@ -125,3 +126,14 @@ def test_page_sizes_are_bounded_and_unknown_types_are_refused() -> None:
     with pytest.raises(InvalidArgument) as refused:
         domain.validate_event_types(["x.Y"], ["a.B"])
     assert refused.value.violations[0].field == "event_types"
+
+
+def test_an_export_goes_to_an_object_store_or_under_the_export_root_and_nowhere_else() -> None:
+    root = PurePosixPath("/srv/exports")
+    assert domain.export_destination(root, "s3://bucket/r1") == "s3://bucket/r1"
+    assert domain.export_destination(root, "r1/2026") == "/srv/exports/r1/2026"
+    assert domain.export_destination(root, "/srv/exports/r1") == "/srv/exports/r1"
+    for outside in ("/etc", "../r1", "r1/../../etc", "file:///etc", "http://example.org/x"):
+        with pytest.raises(InvalidArgument) as refused:
+            domain.export_destination(root, outside)
+        assert refused.value.violations[0].field == "destination"

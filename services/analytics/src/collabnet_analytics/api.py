@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from google.protobuf import any_pb2
@@ -80,8 +81,9 @@ def _feed_event(shared: domain.Shared) -> pb.FeedEvent:
 
 
 class AnalyticsApi(analytics_pb2_grpc.AnalyticsServiceServicer):
-    def __init__(self, db: Database, pseudonym_key: bytes) -> None:
+    def __init__(self, db: Database, pseudonym_key: bytes, export_root: Path) -> None:
         self.feeds = Feeds(db, pseudonym_key)
+        self.export_root = PurePosixPath(export_root.resolve())
 
     async def ListFeedEvents(self, request: pb.ListFeedEventsRequest, context: Any) -> pb.ListFeedEventsResponse:
         principal = current_principal()
@@ -113,7 +115,8 @@ class AnalyticsApi(analytics_pb2_grpc.AnalyticsServiceServicer):
         if not request.destination:
             raise InvalidArgument.field("destination", "name a directory or a URI to write to")
         since = moment(request, "since")
-        summary = await run_export(self.feeds, request.partner_id, request.destination, since=since)
+        destination = domain.export_destination(self.export_root, request.destination)
+        summary = await run_export(self.feeds, request.partner_id, destination, since=since)
         return pb.ExportFeedResponse(events=summary.events, files=summary.files, position=summary.position)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
 from pydantic import Field, SecretStr
@@ -23,6 +24,9 @@ class Settings(ServiceSettings):
     # The key of every partner's pseudonyms (COLLABNET_PSEUDONYM_KEY). Changing it changes every
     # pseudonym, so partners could no longer follow a person across exports made before and after.
     pseudonym_key: SecretStr = Field(default=SecretStr(DEV_PSEUDONYM_KEY), min_length=16)
+    # Where ExportFeed may write on the service's own disk (COLLABNET_EXPORT_ROOT); a relative
+    # destination is taken from here. Object stores (s3://, gs://) are written wherever asked.
+    export_root: Path | None = None
 
 
 def create(settings: Settings, **options: object) -> Service:
@@ -31,7 +35,7 @@ def create(settings: Settings, **options: object) -> Service:
     def wire(runtime: Runtime) -> Wiring:
         api = Api(
             analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"],
-            AnalyticsApi(runtime.db, key),
+            AnalyticsApi(runtime.db, key, settings.export_root or settings.state_dir / "exports"),
             analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server,
         )
         sharing = events.Sharing(key)

@@ -24,6 +24,7 @@ import hmac
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import PurePosixPath
 from typing import Any, cast
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -375,6 +376,31 @@ def start(token_position: int | None, after_position: int) -> int:
     if token_position is not None and after_position:
         raise InvalidArgument.field("after_position", "give a page_token or an after_position, not both")
     return after_position if token_position is None else token_position
+
+
+OBJECT_STORES = ("s3", "gs")
+
+
+def export_destination(root: PurePosixPath, given: str) -> str:
+    """Where ExportFeed may write: an object store's URI, or a directory under the export root (a
+    relative path is taken from the root); never elsewhere on the service's own disk."""
+    if "://" in given:
+        scheme = given.split("://", 1)[0]
+        if scheme not in OBJECT_STORES:
+            raise InvalidArgument.field("destination", f"an export goes to {' or '.join(OBJECT_STORES)} URIs or a path")
+        return given
+    parts: list[str] = []
+    for part in PurePosixPath(given).parts:
+        if part == "..":
+            raise InvalidArgument.field("destination", "must not climb out of the export root with ..")
+        if part not in ("/", "."):
+            parts.append(part)
+    relative = PurePosixPath(*parts) if parts else PurePosixPath()
+    if PurePosixPath(given).is_absolute():
+        if not PurePosixPath(given).is_relative_to(root):
+            raise InvalidArgument.field("destination", f"must be a directory under the export root {root}")
+        return str(PurePosixPath(given))
+    return str(root / relative)
 
 
 def validate_event_types(event_types: Iterable[str], known: Iterable[str]) -> None:
