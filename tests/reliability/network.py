@@ -49,7 +49,7 @@ NEGATIVE_RATING = 2
 POINTS = {"review_published": 10, "answer_posted": 5}
 """Reputation per published review and per answer (community's ``domain.POINTS``)."""
 STARS = {1: "One", 2: "Two", 3: "Three", 4: "Four", 5: "Five"}
-DOMAINS = ("identity", "supplychain", "reviews", "community", "improvement")
+DOMAINS = ("identity", "supplychain", "reviews", "community", "improvement", "analytics")
 """The services that publish events, each to its own stream."""
 
 

@@ -38,6 +38,7 @@ from schemathesis import Case, GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import Failure
 
+from collabnet.analytics.v1 import analytics_pb2
 from collabnet.community.v1 import community_pb2
 from collabnet.identity.v1 import identity_pb2
 from collabnet.improvement.v1 import improvement_pb2
@@ -61,6 +62,7 @@ SERVICES: dict[str, ServiceDescriptor] = {
     "reviews": reviews_pb2.DESCRIPTOR.services_by_name["ReviewsService"],
     "supplychain": supplychain_pb2.DESCRIPTOR.services_by_name["SupplyChainService"],
     "improvement": improvement_pb2.DESCRIPTOR.services_by_name["ImprovementService"],
+    "analytics": analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"],
 }
 FAILED_ON_THE_SERVER = {
     grpc.StatusCode.INTERNAL,

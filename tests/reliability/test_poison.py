@@ -4,7 +4,7 @@ dead-letter stream with their errors, while the consumers go on with the rest of
 
 The whole stack runs as separate processes. Real reviews go through the gateway while two poison
 events are published on the subject they travel on (``collabnet.reviews.v1.ReviewPublished``, read
-by improvement, community and the gateway), with proper CloudEvents headers:
+by improvement, community and analytics), with proper CloudEvents headers:
 
 - *undecodable*: a payload that is not a ``ReviewPublished`` at all. Every consumer of the subject
   dead-letters it at its first delivery.
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 MAX_DELIVERIES = 3
 BACKOFF_SECONDS = 0.1
 SUBJECT = ReviewPublished.DESCRIPTOR.full_name
-READERS = ("community", "gateway", "improvement")
+READERS = ("analytics", "community", "improvement")
 """The durable consumers of the reviews stream that take ``ReviewPublished``."""
 CASE_AT_MOST = 2
 """The highest rating that opens a case (the default case policy)."""
@@ -249,7 +249,7 @@ async def _run(
     assert code == 0, err
     assert out.splitlines()[-1] == "replayed 2 of 2 dead letters"
     again = {("improvement", undecodable), ("improvement", impossible), ("community", undecodable)}
-    again.add(("gateway", undecodable))
+    again.add(("analytics", undecodable))
 
     def dead_lettered_again(found: list[deadletter.DeadLetter]) -> bool:
         return {(x.consumer, x.event_id) for x in found if x.seq not in first_letters} >= again

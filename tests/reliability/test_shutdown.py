@@ -1,7 +1,7 @@
 """Graceful shutdown: SIGTERM to each service, and to the gateway, while partners write reviews and
 read, loses no accepted request and no event.
 
-Under a steady open-loop load, each of the five services and then the gateway is sent SIGTERM,
+Under a steady open-loop load, each of the six services and then the gateway is sent SIGTERM,
 waited for, and started again. The client is a careful partner: a review is posted with an
 ``Idempotency-Key`` and posted again with the same key until the gateway accepts it, whatever
 came back before (503 while reviews is away, a refused connection while the gateway is, 429).

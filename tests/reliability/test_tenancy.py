@@ -1081,7 +1081,7 @@ async def stack(
     _sqlite_templates: SqliteTemplates,
     _postgres_databases: PostgresDatabases | None,
 ) -> AsyncIterator[Stack]:
-    """nats-server, the five services and the gateway, each on a database of the suite's backend,
+    """nats-server, the six services and the gateway, each on a database of the suite's backend,
     shared by this module's tests (B's world is built once)."""
     directory = tmp_path_factory.mktemp("tenancy")
     databases = DatabaseFactory(BACKEND, directory, _sqlite_templates, _postgres_databases)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import pyarrow as pa
 from google.protobuf import any_pb2
 
 from collabnet.analytics.v1 import analytics_pb2 as pb
@@ -15,7 +16,7 @@ from collabnet.analytics.v1 import analytics_pb2_grpc
 from collabnet_analytics import domain, events, export, store
 from collabnet_kit import paging
 from collabnet_kit.db import Database
-from collabnet_kit.errors import InvalidArgument, PermissionDenied
+from collabnet_kit.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from collabnet_kit.principal import current_principal
 from collabnet_kit.timestamps import moment, timestamp
 
@@ -116,7 +117,10 @@ class AnalyticsApi(analytics_pb2_grpc.AnalyticsServiceServicer):
             raise InvalidArgument.field("destination", "name a directory or a URI to write to")
         since = moment(request, "since")
         destination = domain.export_destination(self.export_root, request.destination)
-        summary = await run_export(self.feeds, request.partner_id, destination, since=since)
+        try:
+            summary = await run_export(self.feeds, request.partner_id, destination, since=since)
+        except (OSError, pa.ArrowException) as error:
+            raise FailedPrecondition(f"destination: {destination} cannot be written: {error}"[:1000]) from error
         return pb.ExportFeedResponse(events=summary.events, files=summary.files, position=summary.position)
 
 
