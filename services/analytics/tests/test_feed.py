@@ -13,6 +13,7 @@ from collabnet.identity.v1 import events_pb2 as identity
 from collabnet.improvement.v1 import events_pb2 as improvement
 from collabnet.reviews.v1 import events_pb2 as reviews
 from collabnet.supplychain.v1 import events_pb2 as supplychain
+from collabnet_kit import paging
 from collabnet_kit.bus import stream_name
 from collabnet_kit.testing import eventually
 
@@ -252,6 +253,7 @@ async def test_a_partner_reads_only_its_own_feed_and_bad_requests_are_refused(ne
     )
     for bad in (
         request(page_token="nonsense"),
+        *(request(page_token=paging.encode_cursor(odd)) for odd in ("²", "9" * 30, "١", "-1")),
         request(event_types=["collabnet.identity.v1.PartyRegistered"]),
         request(page_size=-1),
         request(after_position=-1),

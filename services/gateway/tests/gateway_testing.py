@@ -1,5 +1,6 @@
-"""Fixtures for the gateway's tests: the five real services it fronts, in this process on a real
-nats-server and real databases, and the gateway itself serving HTTP on a free port.
+"""Fixtures for the gateway's tests: the real services it fronts (the five domains and analytics), in
+this process on a real nats-server and real databases, and the gateway itself serving HTTP on a free
+port.
 
 ``stack`` is a fresh system per test, on every configured database backend. ``shared_stack`` is one
 system for a whole test module (SQLite), for the many tests of the route table: each test makes its
@@ -25,6 +26,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from collabnet.identity.v1 import identity_pb2 as identity
 from collabnet.identity.v1.identity_pb2 import PartnerKind
 from collabnet.identity.v1.identity_pb2_grpc import IdentityServiceStub
+from collabnet_analytics import app as analytics_app
+from collabnet_analytics import store as analytics_store
 from collabnet_community import app as community_app
 from collabnet_community import store as community_store
 from collabnet_gateway import catalog, store
@@ -55,13 +58,14 @@ def service() -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {PrincipalSigner(DEV_SIGNING_KEY).sign(Principal(service='tests'))}"),)
 
 
-SERVICES = ("identity", "supplychain", "reviews", "community", "improvement")
+SERVICES = ("identity", "supplychain", "reviews", "community", "improvement", "analytics")
 HISTORIES: dict[str, History] = {
     "identity": identity_store.HISTORY,
     "supplychain": supplychain_store.HISTORY,
     "reviews": reviews_store.HISTORY,
     "community": community_store.HISTORY,
     "improvement": improvement_store.HISTORY,
+    "analytics": analytics_store.HISTORY,
     "gateway": store.HISTORY,
 }
 # Generous limits for the tests of routes; the tests of limits set their own.
@@ -192,7 +196,7 @@ async def start_stack(
     state_dir: Path,
     **gateway_settings: Any,
 ) -> AsyncIterator[Stack]:
-    """The five services and the gateway, each on its own database from ``database(name)``."""
+    """The services and the gateway, each on its own database from ``database(name)``."""
     exporter = InMemorySpanExporter()
     options = {"span_processor": SimpleSpanProcessor(exporter), "set_global_telemetry": False}
     apps = {
@@ -201,6 +205,7 @@ async def start_stack(
         "reviews": reviews_app,
         "community": community_app,
         "improvement": improvement_app,
+        "analytics": analytics_app,
     }
     async with AsyncExitStack() as stack:
         services: dict[str, Service] = {}

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
+from google.protobuf import any_pb2
 
+from collabnet.analytics.v1 import events_pb2 as analytics
 from collabnet.identity.v1 import identity_pb2 as identity
 from collabnet.supplychain.v1 import events_pb2 as supplychain
 from collabnet.supplychain.v1 import supplychain_pb2
-from collabnet_gateway import domain, schemas, views
-from collabnet_gateway.domain import ProductParties
+from collabnet_gateway import domain, schemas, views, webhooks
 from collabnet_kit.errors import InvalidArgument
 
 
@@ -59,24 +61,37 @@ def test_a_subscription_needs_a_url_and_known_event_types() -> None:
     assert {v.field for v in raised.value.violations} == {"url", "event_types"}
 
 
-PRODUCTS = {"p1": ProductParties("M", frozenset({"R1", "R2"}))}
+def test_a_shared_event_is_delivered_as_a_cloudevent_of_the_event_inside() -> None:
+    listed = supplychain.ProductListed(listing_id="l", product_id="p", retailer_id="R")
+    listed.price.currency_code = "EUR"
+    packed = any_pb2.Any()
+    packed.Pack(listed)
+    shared = analytics.EventShared(
+        partner_id="R",
+        position=7,
+        event_id="e-1",
+        event_type="collabnet.supplychain.v1.ProductListed",
+        event_source="supplychain",
+        event=packed,
+    )
+    shared.event_time.FromSeconds(0)
+    event = json.loads(webhooks.cloudevent(shared))
+    assert event == {
+        "specversion": "1.0",
+        "id": "e-1",
+        "type": "collabnet.supplychain.v1.ProductListed",
+        "source": "supplychain",
+        "time": "1970-01-01T00:00:00Z",
+        "datacontenttype": "application/json",
+        "data": schemas.to_json(listed),
+    }
+    assert event["data"]["retailer_id"] == "R"
 
 
-@pytest.mark.parametrize(
-    ("event_type", "event", "partners"),
-    [
-        ("collabnet.improvement.v1.CaseOpened", {"maker_id": "M", "retailer_id": "R1"}, {"M", "R1"}),
-        ("collabnet.reviews.v1.ReviewPublished", {"product_id": "p1"}, {"M", "R1", "R2"}),
-        ("collabnet.supplychain.v1.OrderPlaced", {"retailer_id": "R1", "lines": [{"product_id": "p1"}]}, {"R1", "M"}),
-        ("collabnet.improvement.v1.CorrectiveActionRequested", {"supplier_id": "S", "requested_by": "M"}, {"S", "M"}),
-        ("collabnet.reviews.v1.ReviewPublished", {"product_id": "unknown"}, set()),
-        ("collabnet.identity.v1.PartyRegistered", {"party_id": "C"}, set()),
-    ],
-)
-def test_an_event_reaches_only_the_partners_it_concerns(
-    event_type: str, event: dict[str, object], partners: set[str]
-) -> None:
-    assert domain.audience(event_type, event, PRODUCTS) == partners
+def test_every_subscribable_event_type_can_be_opened_from_a_shared_event() -> None:
+    for name in webhooks.EVENT_TYPES:
+        packed = any_pb2.Any(type_url=f"type.googleapis.com/{name}")
+        assert schemas.unpack(packed).DESCRIPTOR.full_name == name
 
 
 def test_json_uses_short_enum_names_numbers_for_64_bit_integers_and_rfc3339_times() -> None:

@@ -1,5 +1,7 @@
-"""Webhooks with the real services and a real HTTP endpoint: signed deliveries a partner can verify,
-retries of a failing endpoint, the delivery log and replay, and only events a partner may see."""
+"""Webhooks with the real services, analytics deciding who may see what, and a real HTTP endpoint:
+signed deliveries a partner can verify, retries of a failing endpoint, the delivery log and replay,
+only events a partner may see, and a person's id only where that person consented to ``analytics``
+with the partner."""
 
 from __future__ import annotations
 
@@ -20,11 +22,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from collabnet.identity.v1 import identity_pb2 as identity
-from collabnet_gateway import domain
+from collabnet_analytics import events as analytics_events
+from collabnet_gateway import domain, webhooks
 from collabnet_kit.nats_server import free_port
 from collabnet_kit.testing import eventually
 
 LISTED = "collabnet.supplychain.v1.ProductListed"
+PLACED = "collabnet.supplychain.v1.OrderPlaced"
 
 
 @dataclass
@@ -70,12 +74,21 @@ async def subscribe(stack: Stack, partner: Partner, url: str, *event_types: str)
     return created
 
 
-async def list_product(stack: Stack, retailer: Partner) -> str:
+@dataclass
+class Listed:
+    product_id: str
+    sku: str
+    maker: Partner
+
+
+async def listed(stack: Stack, retailer: Partner) -> Listed:
+    """A new maker's new product, listed by ``retailer``."""
     maker = await stack.partner(unique("Maker"), identity.PARTNER_KIND_MANUFACTURER)
+    sku = unique("SKU").replace(" ", "-")
     product = await stack.http.post(
         "/v1/products",
         json={
-            "sku": unique("SKU").replace(" ", "-"),
+            "sku": sku,
             "name": "Toaster",
             "category": "kitchen",
             "kind": "finished_good",
@@ -96,7 +109,28 @@ async def list_product(stack: Stack, retailer: Partner) -> str:
         headers=retailer.auth,
     )
     assert listing.status_code == 201, listing.text
-    return product_id
+    return Listed(product_id, sku, maker)
+
+
+async def list_product(stack: Stack, retailer: Partner) -> str:
+    return (await listed(stack, retailer)).product_id
+
+
+async def place_order(stack: Stack, retailer: Partner, customer: str, sku: str) -> str:
+    body = {
+        "customer_id": customer,
+        "retailer_id": retailer.id,
+        "lines": [{"sku": sku, "quantity": 1}],
+        "currency_code": "EUR",
+        "contact": {
+            "name": "Ada Buyer",
+            "address": {"lines": ["Hauptstr. 1"], "locality": "Berlin", "postal_code": "10115", "region_code": "DE"},
+        },
+    }
+    order = await stack.http.post("/v1/orders", json=body, headers=retailer.acting_for(customer))
+    assert order.status_code == 201, order.text
+    order_id: str = order.json()["order_id"]
+    return order_id
 
 
 async def test_a_delivery_is_signed_with_the_subscriptions_secret(stack: Stack) -> None:
@@ -165,6 +199,56 @@ async def test_a_partner_only_hears_of_what_it_may_see(stack: Stack) -> None:
     # Nor may it read the retailer's subscriptions.
     listed = (await stack.http.get("/v1/webhooks", headers=outsider.auth)).json()["webhooks"]
     assert [w["id"] for w in listed] == [watching["id"]]
+
+
+async def test_a_customers_id_is_a_pseudonym_until_the_customer_consents_to_analytics_with_the_partner(
+    stack: Stack,
+) -> None:
+    retailer = await stack.partner()
+    customer = await stack.person(customer_of=retailer.id)
+    product = await listed(stack, retailer)
+    async with endpoint() as retailers, endpoint() as makers:
+        await subscribe(stack, retailer, retailers.url, PLACED)
+        await subscribe(stack, product.maker, makers.url, PLACED)
+        first = await place_order(stack, retailer, customer, product.sku)
+        await eventually(lambda: _at_least(retailers, 1), timeout=20)
+        await eventually(lambda: _at_least(makers, 1), timeout=20)
+        to_retailer, to_maker = json.loads(retailers.received[0].body), json.loads(makers.received[0].body)
+        assert to_retailer["data"]["order_id"] == to_maker["data"]["order_id"] == first
+        # A partner's id is never personal; the customer's is each partner's own pseudonym of them.
+        assert to_retailer["data"]["retailer_id"] == retailer.id
+        pseudonyms = {to_retailer["data"]["customer_id"], to_maker["data"]["customer_id"]}
+        assert customer not in pseudonyms
+        assert len(pseudonyms) == 2
+        assert all(p.startswith("anon-") for p in pseudonyms)
+
+        consent = await stack.http.post(
+            f"/v1/parties/{customer}/consents",
+            json={"partner_id": retailer.id, "purpose": "analytics", "source": "web form"},
+            headers=retailer.acting_for(customer),
+        )
+        assert consent.status_code == 201, consent.text
+
+        async def consent_known() -> bool:
+            # The feed is minimised when it is read: the earlier order shows the customer once
+            # analytics has heard of the consent.
+            page = await stack.http.get("/v1/feed", params={"event_types": PLACED}, headers=retailer.auth)
+            assert page.status_code == 200, page.text
+            return [e["data"]["customer_id"] for e in page.json()["events"]] == [customer]
+
+        await eventually(consent_known, timeout=20)
+        second = await place_order(stack, retailer, customer, product.sku)
+        await eventually(lambda: _at_least(retailers, 2), timeout=20)
+        await eventually(lambda: _at_least(makers, 2), timeout=20)
+    to_retailer, to_maker = json.loads(retailers.received[1].body), json.loads(makers.received[1].body)
+    assert to_retailer["data"]["order_id"] == to_maker["data"]["order_id"] == second
+    assert to_retailer["data"]["customer_id"] == customer
+    # The consent was given to the retailer, not to the maker.
+    assert to_maker["data"]["customer_id"] == json.loads(makers.received[0].body)["data"]["customer_id"]
+
+
+def test_every_event_type_analytics_shares_may_be_subscribed_to() -> None:
+    assert set(analytics_events.SHARED_TYPES) == webhooks.EVENT_TYPES
 
 
 async def test_a_subscription_is_validated(stack: Stack) -> None:

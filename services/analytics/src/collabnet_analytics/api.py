@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -59,11 +60,14 @@ class Feeds:
         ]
 
 
+_POSITION = re.compile(r"[0-9]{1,18}")
+
+
 def _position(token: str) -> int | None:
     values = paging.decode_cursor(token, 1)
     if values is None:
         return None
-    if not values[0].isdigit():
+    if not _POSITION.fullmatch(values[0]):
         raise InvalidArgument.field("page_token", "is not a token this service issued")
     return int(values[0])
 

@@ -25,13 +25,14 @@ from pydantic import Field, field_validator
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
 
+from collabnet.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from collabnet.community.v1 import community_pb2, community_pb2_grpc
 from collabnet.identity.v1 import events_pb2 as identity_events
 from collabnet.identity.v1 import identity_pb2, identity_pb2_grpc
 from collabnet.improvement.v1 import improvement_pb2, improvement_pb2_grpc
 from collabnet.reviews.v1 import reviews_pb2, reviews_pb2_grpc
 from collabnet.supplychain.v1 import supplychain_pb2, supplychain_pb2_grpc
-from collabnet_gateway import catalog, domain, problems, schemas, subscriptions, views, webhooks
+from collabnet_gateway import catalog, domain, feed, problems, schemas, subscriptions, views, webhooks
 from collabnet_gateway.auth import Authenticator
 from collabnet_gateway.boundary import Boundary
 from collabnet_gateway.problems import Problem
@@ -53,6 +54,7 @@ DESCRIPTORS: dict[str, ServiceDescriptor] = {
     "reviews": reviews_pb2.DESCRIPTOR.services_by_name["ReviewsService"],
     "community": community_pb2.DESCRIPTOR.services_by_name["CommunityService"],
     "improvement": improvement_pb2.DESCRIPTOR.services_by_name["ImprovementService"],
+    "analytics": analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"],
 }
 STUBS: dict[str, Any] = {
     "identity": identity_pb2_grpc.IdentityServiceStub,
@@ -60,6 +62,7 @@ STUBS: dict[str, Any] = {
     "reviews": reviews_pb2_grpc.ReviewsServiceStub,
     "community": community_pb2_grpc.CommunityServiceStub,
     "improvement": improvement_pb2_grpc.ImprovementServiceStub,
+    "analytics": analytics_pb2_grpc.AnalyticsServiceStub,
 }
 CRITICAL = ("identity",)
 """Without these the gateway cannot authenticate anyone, so it is not ready."""
@@ -77,6 +80,7 @@ class Settings(ServiceSettings):
     reviews_address: str = "127.0.0.1:50063"
     community_address: str = "127.0.0.1:50064"
     improvement_address: str = "127.0.0.1:50065"
+    analytics_address: str = "127.0.0.1:50066"
     # Partners whose incoming traceparent is taken as the parent of their requests' spans.
     trusted_partners: list[str] = Field(default_factory=list)
     rate_limit_per_second: float = Field(default=50.0, gt=0)
@@ -142,10 +146,8 @@ class Gateway:
         for name, descriptor in DESCRIPTORS.items():
             self.stubs[name] = STUBS[name](runtime.channel(s.address(name), descriptor, timeout=s.call_timeout_seconds))
         self.authenticator = Authenticator(self.stubs["identity"], ttl=s.auth_cache_seconds)
-        consumers = [
-            runtime.consumer(domain_name, dict.fromkeys(classes, webhooks.fan_out))
-            for domain_name, classes in webhooks.EVENTS.items()
-        ]
+        # Analytics decides who may see each event, and what of it: the webhooks deliver what it shares.
+        consumers = [runtime.consumer("analytics", webhooks.HANDLERS)]
         deliverer = webhooks.Deliverer(
             runtime.db,
             max_attempts=s.webhook_max_attempts,
@@ -209,7 +211,8 @@ class Gateway:
             version="1.0.0",
             description=(
                 "The HTTP/JSON API partners use: parties and relationships, products and orders, reviews, "
-                "questions and ideas, cases and initiatives. Authenticate with `Authorization: Bearer <API key>`; "
+                "questions and ideas, cases and initiatives, and the feed of the events a partner may see. "
+                "Authenticate with `Authorization: Bearer <API key>`; "
                 "act for a consumer with `X-On-Behalf-Of: <party id>`. Errors are RFC 9457 problem documents. "
                 "Every response carries a `traceresponse` header with the request's trace id."
             ),
@@ -220,6 +223,7 @@ class Gateway:
             if service in DESCRIPTORS:
                 builder.add(app.router, routes)
         app.include_router(subscriptions.router(lambda: self.runtime.db))
+        app.include_router(feed.router(self.call))
         cache = views.ViewCache(self.settings.view_cache_seconds, time.monotonic)
         views.add(app, self.stubs, self.models, self.settings.view_part_timeout_seconds, cache)
 

@@ -1,4 +1,4 @@
-"""The gateway's rules, without I/O: rate limits, webhook signatures, idempotency, who hears of what."""
+"""The gateway's rules, without I/O: rate limits, webhook signatures, idempotency, field paths."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from collabnet_kit.errors import InvalidArgument, Validator
 
@@ -105,60 +104,6 @@ def request_fingerprint(method: str, path: str, body: bytes) -> str:
 def validate_idempotency_key(key: str) -> None:
     if not 1 <= len(key) <= 200 or not key.isprintable():
         raise InvalidArgument.field("Idempotency-Key", "must be 1 to 200 printable characters")
-
-
-# --- who may hear of an event ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProductParties:
-    """A product's maker and the retailers that list it, from supplychain's events."""
-
-    maker: str = ""
-    retailers: frozenset[str] = frozenset()
-
-    def all(self) -> set[str]:
-        return {p for p in {self.maker, *self.retailers} if p}
-
-
-def audience(event_type: str, event: Mapping[str, Any], products: Mapping[str, ProductParties]) -> set[str]:
-    """The partners that may receive an event: those the resource it is about belongs to.
-
-    ``event`` is the event as JSON; ``products`` the product parties of the products it names.
-    An event about a consumer is never sent to partners unrelated to the product or order.
-    """
-    name = event_type.rsplit(".", 1)[-1]
-
-    def product(product_id: str) -> set[str]:
-        return products.get(product_id, ProductParties()).all()
-
-    if name in {"CaseOpened", "CaseResolved"}:
-        return {p for p in (event.get("maker_id"), event.get("retailer_id")) if p}
-    if name in {"CaseEngaged"}:
-        return {event["partner_id"]} if event.get("partner_id") else set()
-    if name == "CorrectiveActionRequested":
-        return {p for p in (event.get("supplier_id"), event.get("requested_by")) if p}
-    if name in {"ReviewPublished", "ReviewRevised", "ReviewWithdrawn", "ReviewResponded", "RatingSummaryChanged"}:
-        return product(event.get("product_id", ""))
-    if name in {"OrderPlaced", "OrderDelivered", "OrderCancelled"}:
-        makers = {products.get(line.get("product_id", ""), ProductParties()).maker for line in event.get("lines", [])}
-        return {p for p in {event.get("retailer_id"), *makers} if p}
-    if name == "RecallIssued":
-        parties = set().union(*(product(p) for p in event.get("product_ids", [])))
-        return parties | {o["retailer_id"] for o in event.get("affected_orders", []) if o.get("retailer_id")}
-    if name in {"ProductRegistered", "ProductRevised", "SupplyNetworkChanged"}:
-        return {event["maker_id"]} | product(event.get("product_id", "")) if event.get("maker_id") else set()
-    if name in {"ProductListed", "ProductDelisted"}:
-        return {event["retailer_id"]} | product(event.get("product_id", "")) if event.get("retailer_id") else set()
-    if name in {"QuestionAsked", "AnswerPosted", "QuestionEscalated"}:
-        return product(event.get("product_id", ""))
-    if name in {"IdeaPromoted", "IdeaSubmitted", "MemberJoined", "MemberLeft"}:
-        return {event["partner_id"]} if event.get("partner_id") else set()
-    if name in {"InitiativeLaunched"}:
-        return {event["owner_id"]} if event.get("owner_id") else set()
-    if name == "RedesignRequested":
-        return {event["maker_id"]} if event.get("maker_id") else set()
-    return set()
 
 
 def field_path(location: Sequence[str | int], body_field: str | None = None) -> str:

@@ -12,9 +12,12 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Optional, TypeVar
 
+from google.protobuf import descriptor_pool
+from google.protobuf.any_pb2 import Any as AnyMessage
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor, MethodDescriptor
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
+from google.protobuf.message_factory import GetMessageClass
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -98,7 +101,8 @@ def _repeated(field: FieldDescriptor) -> bool:
     return field.is_repeated
 
 
-def _timestamp_json(stamp: Timestamp) -> str:
+def timestamp_json(stamp: Timestamp) -> str:
+    """A Timestamp in RFC 3339, in UTC with a ``Z``."""
     return stamp.ToDatetime(tzinfo=UTC).isoformat().replace("+00:00", "Z")
 
 
@@ -107,7 +111,7 @@ def _scalar_json(field: FieldDescriptor, value: Any) -> Any:
         return enum_names(enum_type(field)).get(value)
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         if message_type(field).full_name == _TIMESTAMP:
-            return _timestamp_json(value)
+            return timestamp_json(value)
         if message_type(field).full_name == _DURATION:
             return value.ToJsonString()
         if message_type(field).full_name == _FIELD_MASK:
@@ -136,6 +140,16 @@ def to_json(message: Message) -> dict[str, Any]:
     return out
 
 
+def unpack(packed: AnyMessage) -> Message:
+    """The message inside an ``Any``. Its type must be one this process has imported (every event
+    type partners may see is: ``webhooks.EVENTS``); ``KeyError`` otherwise."""
+    descriptor = descriptor_pool.Default().FindMessageTypeByName(packed.TypeName())
+    message: Message = GetMessageClass(descriptor)()
+    if not packed.Unpack(message):
+        raise KeyError(packed.type_url)
+    return message
+
+
 def _parse_timestamp(value: Any, path: str) -> Timestamp:
     try:
         moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
@@ -144,7 +158,10 @@ def _parse_timestamp(value: Any, path: str) -> Timestamp:
     if moment.tzinfo is None:
         raise InvalidArgument.field(path, "must carry a time zone (Z or an offset)")
     stamp = Timestamp()
-    stamp.FromDatetime(moment.astimezone(UTC))
+    try:
+        stamp.FromDatetime(moment.astimezone(UTC))
+    except (OverflowError, ValueError):
+        raise InvalidArgument.field(path, "must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z") from None
     return stamp
 
 

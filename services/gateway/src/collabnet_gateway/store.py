@@ -1,5 +1,4 @@
-"""The gateway's own tables: idempotency records, webhook subscriptions and deliveries, and a read
-model of which partners make and sell each product (for deciding who hears of an event)."""
+"""The gateway's own tables: idempotency records, and webhook subscriptions and deliveries."""
 
 from __future__ import annotations
 
@@ -12,7 +11,6 @@ from sqlalchemy.orm import registry
 from sqlmodel import JSON, Column, Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from collabnet_gateway.domain import ProductParties
 from collabnet_kit.db import UtcDateTime
 from collabnet_kit.migrations import History
 
@@ -71,49 +69,12 @@ class WebhookDelivery(Table, table=True):
     delivered_at: datetime | None = _time(default=None, nullable=True)
 
 
-class ProductMaker(Table, table=True):
-    __tablename__ = "product_maker"
-    product_id: str = Field(primary_key=True, max_length=36)
-    maker_id: str = Field(max_length=36)
-
-
-class ProductListing(Table, table=True):
-    __tablename__ = "product_listing"
-    product_id: str = Field(primary_key=True, max_length=36)
-    retailer_id: str = Field(primary_key=True, max_length=36)
-
-
 HISTORY = History(Path(__file__).parent / "migrations", Table.metadata)
 
 
-async def product_parties(session: AsyncSession, product_ids: set[str]) -> dict[str, ProductParties]:
-    if not product_ids:
-        return {}
-    makers = {
-        r.product_id: r.maker_id
-        for r in (await session.exec(select(ProductMaker).where(col(ProductMaker.product_id).in_(product_ids)))).all()
-    }
-    retailers: dict[str, set[str]] = {}
-    query = select(ProductListing).where(col(ProductListing.product_id).in_(product_ids))
-    for row in (await session.exec(query)).all():
-        retailers.setdefault(row.product_id, set()).add(row.retailer_id)
-    return {
-        p: ProductParties(makers.get(p, ""), frozenset(retailers.get(p, set())))
-        for p in product_ids
-        if p in makers or p in retailers
-    }
-
-
-async def subscriptions_for(session: AsyncSession, event_type: str, partners: set[str]) -> list[WebhookSubscription]:
-    if not partners:
-        return []
+async def subscriptions_for(session: AsyncSession, event_type: str, partner_id: str) -> list[WebhookSubscription]:
+    """The partner's active subscriptions that include ``event_type``."""
     query = select(WebhookSubscription).where(
-        col(WebhookSubscription.partner_id).in_(partners), col(WebhookSubscription.active)
+        col(WebhookSubscription.partner_id) == partner_id, col(WebhookSubscription.active)
     )
     return [s for s in (await session.exec(query)).all() if event_type in s.event_types]
-
-
-def delivery_exists(subscription_id: str, event_id: str) -> Any:
-    return sa.select(col(WebhookDelivery.id)).where(
-        col(WebhookDelivery.subscription_id) == subscription_id, col(WebhookDelivery.event_id) == event_id
-    )

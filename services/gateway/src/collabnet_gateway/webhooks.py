@@ -1,12 +1,14 @@
 """Webhooks: partners subscribe to event types; each event a partner may see becomes a signed POST
 to its endpoint, retried with back-off, logged, and replayable.
 
-The gateway consumes the domains' streams (durable consumers named ``gateway``). For each event it
-works out the partners the event is about (``domain.audience``: the maker and sellers of the
-product, the retailer of the order, the partners assigned to the case...), and writes a delivery
-per matching subscription in the same transaction as the inbox row, so an event is fanned out
-exactly once. A worker, safe to run on every replica, posts due deliveries as CloudEvents in
-structured JSON, signed with the subscription's secret (``X-Collabnet-Signature``).
+Who may see what, and what of a person's data, is analytics' to decide: for each event and each
+partner it may reach, analytics publishes an ``EventShared`` holding the event as that partner may
+see it (a person's party id replaced by the partner's pseudonym of it, and what they wrote left out,
+unless they consented to ``analytics`` with the partner). The gateway consumes those (durable
+consumer ``gateway`` on analytics' stream) and writes a delivery per subscription of that partner
+to the event's type, in the same transaction as the inbox row, so an event reaches a subscription
+once. A worker, safe to run on every replica, posts due deliveries as CloudEvents in structured
+JSON, signed with the subscription's secret (``X-Collabnet-Signature``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,12 +29,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from collabnet.analytics.v1 import events_pb2 as analytics
 from collabnet.community.v1 import events_pb2 as community
 from collabnet.improvement.v1 import events_pb2 as improvement
 from collabnet.reviews.v1 import events_pb2 as reviews
 from collabnet.supplychain.v1 import events_pb2 as supplychain
 from collabnet_gateway import domain, schemas, store
-from collabnet_gateway.store import ProductListing, ProductMaker, WebhookDelivery
+from collabnet_gateway.store import WebhookDelivery
 from collabnet_kit.bus import Envelope
 from collabnet_kit.db import Database
 
@@ -49,6 +51,7 @@ EVENTS: dict[str, list[type[Message]]] = {
         supplychain.OrderPlaced,
         supplychain.OrderDelivered,
         supplychain.OrderCancelled,
+        supplychain.ShipmentDelayed,
         supplychain.RecallIssued,
     ],
     "reviews": [
@@ -56,76 +59,67 @@ EVENTS: dict[str, list[type[Message]]] = {
         reviews.ReviewRevised,
         reviews.ReviewWithdrawn,
         reviews.ReviewResponded,
+        reviews.ReviewModerated,
+        reviews.ReviewDisclosureChanged,
         reviews.RatingSummaryChanged,
     ],
     "community": [
         community.QuestionAsked,
         community.AnswerPosted,
+        community.AnswerAccepted,
         community.QuestionEscalated,
         community.IdeaSubmitted,
+        community.IdeaStatusChanged,
         community.IdeaPromoted,
         community.MemberJoined,
         community.MemberLeft,
+        community.MemberRoleChanged,
     ],
     "improvement": [
         improvement.CaseOpened,
         improvement.CaseEngaged,
         improvement.CaseResolved,
+        improvement.CaseReopened,
+        improvement.CaseClosed,
         improvement.CorrectiveActionRequested,
+        improvement.CoDesignJoined,
         improvement.InitiativeLaunched,
+        improvement.InitiativeStageChanged,
+        improvement.ObjectiveMet,
         improvement.RedesignRequested,
     ],
 }
 EVENT_TYPES = {cls.DESCRIPTOR.full_name for classes in EVENTS.values() for cls in classes}
-"""What a partner may subscribe to: the events that name the partners they concern."""
+"""What a partner may subscribe to: the domain events analytics shares with partners. Importing
+their modules also lets ``schemas.unpack`` open them."""
 
 
 def new_secret() -> str:
     return "whsec_" + secrets.token_urlsafe(32)
 
 
-def _product_ids(event: Mapping[str, Any]) -> set[str]:
-    found = {event["product_id"]} if event.get("product_id") else set()
-    found |= {line["product_id"] for line in event.get("lines", []) if line.get("product_id")}
-    found |= set(event.get("product_ids", []))
-    return found
-
-
-async def _update_read_model(session: AsyncSession, event: Message) -> None:
-    if isinstance(event, supplychain.ProductRegistered):
-        if await session.get(ProductMaker, event.product_id) is None:
-            session.add(ProductMaker(product_id=event.product_id, maker_id=event.maker_id))
-    elif isinstance(event, supplychain.ProductListed):
-        if await session.get(ProductListing, (event.product_id, event.retailer_id)) is None:
-            session.add(ProductListing(product_id=event.product_id, retailer_id=event.retailer_id))
-    elif isinstance(event, supplychain.ProductDelisted):
-        listing = await session.get(ProductListing, (event.product_id, event.retailer_id))
-        if listing is not None:
-            await session.delete(listing)
-    await session.flush()
-
-
-async def fan_out(session: AsyncSession, event: Message, envelope: Envelope) -> None:
-    """The consumer's handler for every subscribable event: read model first, then deliveries."""
-    await _update_read_model(session, event)
-    data = schemas.to_json(event)
-    parties = await store.product_parties(session, _product_ids(data))
-    partners = domain.audience(envelope.type, data, parties)
-    subscriptions = await store.subscriptions_for(session, envelope.type, partners)
-    if not subscriptions:
-        return
-    payload = json.dumps(
+def cloudevent(shared: analytics.EventShared) -> str:
+    """The delivery's body: the shared event as a CloudEvent in structured JSON."""
+    return json.dumps(
         {
             "specversion": "1.0",
-            "id": envelope.id,
-            "type": envelope.type,
-            "source": envelope.source,
-            "time": envelope.time.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            "id": shared.event_id,
+            "type": shared.event_type,
+            "source": shared.event_source,
+            "time": schemas.timestamp_json(shared.event_time),
             "datacontenttype": "application/json",
-            "data": data,
+            "data": schemas.to_json(schemas.unpack(shared.event)),
         },
         separators=(",", ":"),
     )
+
+
+async def on_event_shared(session: AsyncSession, shared: analytics.EventShared, envelope: Envelope) -> None:
+    """The consumer's handler: a delivery of the event for each of the partner's subscriptions to its type."""
+    subscriptions = await store.subscriptions_for(session, shared.event_type, shared.partner_id)
+    if not subscriptions:
+        return
+    payload = cloudevent(shared)
     now = datetime.now(UTC)
     dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
     insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(WebhookDelivery)
@@ -136,8 +130,8 @@ async def fan_out(session: AsyncSession, event: Message, envelope: Envelope) -> 
                 id=str(uuid.uuid4()),
                 subscription_id=subscription.id,
                 partner_id=subscription.partner_id,
-                event_id=envelope.id,
-                event_type=envelope.type,
+                event_id=shared.event_id,
+                event_type=shared.event_type,
                 payload=payload,
                 state="pending",
                 attempts=0,
@@ -146,6 +140,10 @@ async def fan_out(session: AsyncSession, event: Message, envelope: Envelope) -> 
                 created_at=now,
             ).on_conflict_do_nothing(index_elements=["subscription_id", "event_id"])
         )
+
+
+HANDLERS = {analytics.EventShared: on_event_shared}
+"""What the gateway consumes from analytics' stream."""
 
 
 class Deliverer:
