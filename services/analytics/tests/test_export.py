@@ -9,10 +9,11 @@ import textwrap
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import duckdb
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 from google.protobuf import (
@@ -24,6 +25,7 @@ from google.protobuf import (
     struct_pb2,
     wrappers_pb2,
 )
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -478,7 +480,7 @@ def kinds_message() -> type[Message]:
 
 def test_well_known_types_recursion_maps_of_messages_and_optional_enums_are_mapped(tmp_path: Path) -> None:
     kinds = kinds_message()
-    schema = schema_of(kinds.DESCRIPTOR)
+    schema = schema_of(cast(Descriptor, kinds.DESCRIPTOR))
     part = pa.struct([("size", pa.int32())])
     assert [(f.name, f.type) for f in schema][4:] == [
         ("took", pa.duration("us")),
@@ -517,6 +519,31 @@ def test_well_known_types_recursion_maps_of_messages_and_optional_enums_are_mapp
         b"\x00\x01",
         [-1, 2],
     )
-    unset = {"took": None, "note": None, "extra": None, "ping": None, "parent": None, "parts": [], "level": None}
+    unset: dict[str, Any] = {
+        "took": None,
+        "note": None,
+        "extra": None,
+        "ping": None,
+        "parent": None,
+        "parts": [],
+        "level": None,
+    }
     assert {k: rows[1][k] for k in unset} == unset
     assert rows[2]["level"] == "LEVEL_UNSPECIFIED"  # set to its zero value: present, unlike rows[1]
+
+
+def test_a_uri_or_a_given_filesystem_is_written_like_a_directory(tmp_path: Path) -> None:
+    export(tmp_path / "uri", "partner-1", reviews_feed(2))
+    assert ParquetExport(f"file://{tmp_path}/uri", "partner-1").position == 2
+
+    # A filesystem other than the local one (as an object store would be): the state is overwritten.
+    subtree = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
+    first = ParquetExport("bucket/exports", "partner-1", filesystem=subtree)
+    first.write(reviews_feed(2))
+    first.commit()
+    second = ParquetExport("bucket/exports", "partner-1", filesystem=subtree)
+    second.write(reviews_feed(3))
+    summary = second.commit()
+    assert (summary.events, summary.position) == (1, 3)
+    positions = query(f"SELECT event_position FROM read_parquet('{tmp_path}/bucket/exports/*/*/*.parquet') ORDER BY 1")
+    assert [p for (p,) in positions] == [1, 2, 3]

@@ -329,10 +329,12 @@ class ParquetExport:
     ``row_group_rows``: rows of one event type and day buffered before they are written as a row
     group. ``batch_rows``: events of one type and day kept as Python objects before they are
     converted to Arrow. ``max_pending_rows`` (events) and ``max_buffered_bytes`` (Arrow data) bound
-    those two buffers over all types and days: beyond them the largest buffer is converted, or
-    written as a row group, first. ``max_open_files``: Parquet
-    files kept open at once; the least recently written is finished beyond that, and a later row of
-    its type and day starts a new file.
+    those two buffers over all types and days: beyond them the buffer that had no event for the
+    longest is converted, or written as a row group, first (a feed comes roughly in time order, so
+    that is a day gone by, whose file is still open). ``max_open_files``: Parquet files kept open
+    at once; the least recently written is finished beyond that, and a later row of its type and
+    day starts a new file. An open file keeps part of its last row group's encoding buffers
+    (dictionaries) until it is finished, so memory grows with both bounds.
     """
 
     def __init__(
@@ -369,7 +371,7 @@ class ParquetExport:
         self._position = self._start
         self._events = 0
         self._skipped = 0
-        self._buffers: dict[Key, _Buffer] = {}
+        self._buffers: OrderedDict[Key, _Buffer] = OrderedDict()  # the least recently added to first
         self._pending_rows = 0
         self._buffered_bytes = 0
         self._open: OrderedDict[Key, _Open] = OrderedDict()
@@ -398,6 +400,7 @@ class ParquetExport:
         already (by this run or a committed one) and are skipped."""
         if self._closed:
             raise RuntimeError("the export run is closed")
+        last: Key | None = None
         for shared in events:
             if shared.position <= self._position:
                 self._skipped += 1
@@ -407,14 +410,16 @@ class ParquetExport:
             buffer = self._buffers.get(key)
             if buffer is None:
                 buffer = self._buffers[key] = _Buffer()
+            elif key != last:
+                self._buffers.move_to_end(key)
+            last = key
             buffer.pending.append(shared)
             self._pending_rows += 1
             self._events += 1
             if len(buffer.pending) >= self.batch_rows:
                 self._convert(key, buffer)
             elif self._pending_rows >= self.max_pending_rows:
-                largest = max(self._buffers.items(), key=lambda item: len(item[1].pending))
-                self._convert(*largest)
+                self._convert(*next((k, b) for k, b in self._buffers.items() if b.pending))
 
     def commit(self) -> Summary:
         """Write what is buffered, finish the files and record the run in the state file."""
@@ -479,8 +484,7 @@ class ParquetExport:
         if buffer.rows >= self.row_group_rows:
             self._flush(key, buffer)
         while self._buffered_bytes > self.max_buffered_bytes:
-            largest_key, largest = max(self._buffers.items(), key=lambda item: item[1].bytes)
-            self._flush(largest_key, largest)
+            self._flush(*next((k, b) for k, b in self._buffers.items() if b.batches))
 
     def _flush(self, key: Key, buffer: _Buffer) -> None:
         """Write the buffer's batches to its file as one row group."""
