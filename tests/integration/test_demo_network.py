@@ -25,7 +25,7 @@ from collabnet_kit.nats_server import free_port
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-SERVICES = {"identity", "supplychain", "reviews", "community", "improvement", "gateway"}
+SERVICES = {"identity", "supplychain", "reviews", "community", "improvement", "analytics", "gateway"}
 
 
 @dataclass
