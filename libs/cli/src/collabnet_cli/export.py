@@ -9,18 +9,18 @@ it reads, exactly as the partner would receive it.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import grpc
 
+import collabnet_analytics.events  # noqa: F401  (imports the event types to unpack)
 from collabnet.analytics.v1 import analytics_pb2 as pb
 from collabnet.analytics.v1.analytics_pb2_grpc import AnalyticsServiceStub
-from collabnet_analytics import events
 from collabnet_analytics.domain import MAX_PAGE_SIZE, Shared
-from collabnet_analytics.export import ParquetExport, Summary
+from collabnet_analytics.export import Summary, run
+from collabnet_kit.bus import message_class
 from collabnet_kit.principal import Principal, PrincipalSigner
 from collabnet_kit.settings import ServiceSettings, load_settings
 from collabnet_kit.timestamps import timestamp
@@ -32,7 +32,7 @@ ANALYTICS_ADDRESS = os.environ.get("COLLABNET_ANALYTICS_ADDRESS", "127.0.0.1:500
 
 
 def _shared(entry: pb.FeedEvent) -> Shared:
-    event = events.event_class(entry.type)()
+    event = message_class(entry.type)()
     if not entry.event.Unpack(event):
         raise ValueError(f"feed entry {entry.position} holds {entry.event.type_url}, not {entry.type}")
     return Shared(
@@ -51,23 +51,16 @@ async def export(
     """Export the partner's feed after the destination's last position."""
     settings = load_settings(ServiceSettings, "collabnet-cli", env="development")
     signer = PrincipalSigner(settings.principal_signing_key.get_secret_value())
-    writer = await asyncio.to_thread(ParquetExport, destination, partner_id)
-    try:
-        async with grpc.aio.insecure_channel(address) as channel:
-            stub: AnalyticsServiceAsyncStub = AnalyticsServiceStub(channel)
-            after = writer.position
-            while True:
-                # Signed per page: a long export outlives one token.
-                metadata = (("authorization", f"Bearer {signer.sign(Principal(service='collabnet-cli'))}"),)
-                request = pb.ListFeedEventsRequest(
-                    partner_id=partner_id, page_size=MAX_PAGE_SIZE, after_position=after, since=timestamp(since)
-                )
-                page = await stub.ListFeedEvents(request, metadata=metadata, timeout=60)
-                if not page.events:
-                    break
-                await asyncio.to_thread(writer.write, [_shared(e) for e in page.events])
-                after = page.events[-1].position
-    except BaseException:
-        await asyncio.to_thread(writer.abort)
-        raise
-    return await asyncio.to_thread(writer.commit)
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub: AnalyticsServiceAsyncStub = AnalyticsServiceStub(channel)
+
+        async def pages(after: int) -> list[Shared]:
+            # Signed per page: a long export outlives one token.
+            metadata = (("authorization", f"Bearer {signer.sign(Principal(service='collabnet-cli'))}"),)
+            request = pb.ListFeedEventsRequest(
+                partner_id=partner_id, page_size=MAX_PAGE_SIZE, after_position=after, since=timestamp(since)
+            )
+            page = await stub.ListFeedEvents(request, metadata=metadata, timeout=60)
+            return [_shared(e) for e in page.events]
+
+        return await run(destination, partner_id, pages)

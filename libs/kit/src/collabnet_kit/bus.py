@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 import nats
 import nats.errors
 import structlog
+from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import Message
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -49,6 +50,14 @@ _TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
 def subject_of(event: Message | type[Message]) -> str:
     """The subject an event is published on: its protobuf full name."""
     return event.DESCRIPTOR.full_name
+
+
+def message_class(type_name: str) -> type[Message]:
+    """The class of a message type by its full name (an event's ``ce-type``, an ``Any``'s type);
+    its module must have been imported. ``KeyError`` for a type the process does not know."""
+    descriptor = descriptor_pool.Default().FindMessageTypeByName(type_name)
+    cls: type[Message] = message_factory.GetMessageClass(descriptor)
+    return cls
 
 
 def domain_of(subject: str) -> str:

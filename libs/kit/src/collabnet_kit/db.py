@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import DateTime, TypeDecorator, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Dialect, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -190,6 +191,15 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def insert(session: AsyncSession, table: Any) -> Any:
+    """An INSERT for the session's dialect (PostgreSQL's or SQLite's), which has the ON CONFLICT
+    clauses: ``insert(session, T).values(...).on_conflict_do_nothing()``. ``table`` is a Table or a
+    mapped class."""
+    target = getattr(table, "__table__", table)
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(target)
 
 
 def note_recorded_event(session: AsyncSession, row: dict[str, Any]) -> None:

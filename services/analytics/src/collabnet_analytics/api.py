@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -45,7 +44,7 @@ class Feeds:
             rows = await store.feed(session, partner_id, after=after, limit=limit, event_types=event_types, since=since)
             decoded = [(position, row, events.decode(row)) for position, row in rows]
             people = set().union(*(domain.persons(event) for _, _, event in decoded))
-            disclosed = await store.disclosed(session, partner_id, people, datetime.now(UTC))
+            disclosed = (await store.disclosed(session, [partner_id], people, datetime.now(UTC)))[partner_id]
         key = domain.partner_key(self.key, partner_id)
         return [
             domain.Shared(
@@ -133,13 +132,7 @@ async def run_export(
 ) -> export.Summary:
     """Write the partner's feed after the destination's last position, one bounded page at a time."""
 
-    writer = await asyncio.to_thread(export.ParquetExport, destination, partner_id)
-    try:
-        after = writer.position
-        while page := await feeds.page(partner_id, after=after, limit=EXPORT_PAGE, since=since):
-            await asyncio.to_thread(writer.write, page)
-            after = page[-1].position
-    except BaseException:
-        await asyncio.to_thread(writer.abort)
-        raise
-    return await asyncio.to_thread(writer.commit)
+    async def pages(after: int) -> list[domain.Shared]:
+        return await feeds.page(partner_id, after=after, limit=EXPORT_PAGE, since=since)
+
+    return await export.run(destination, partner_id, pages)

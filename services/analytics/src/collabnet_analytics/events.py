@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any
 
-from google.protobuf import any_pb2, descriptor_pool, message_factory
+from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -30,7 +30,7 @@ from collabnet.improvement.v1 import events_pb2 as improvement
 from collabnet.reviews.v1 import events_pb2 as reviews
 from collabnet.supplychain.v1 import events_pb2 as supplychain
 from collabnet_analytics import domain, store
-from collabnet_kit.bus import Envelope
+from collabnet_kit.bus import Envelope, message_class
 from collabnet_kit.outbox import record
 from collabnet_kit.timestamps import moment, timestamp
 
@@ -46,14 +46,8 @@ DOMAINS: dict[str, ModuleType] = {
 }
 
 
-def event_class(type_name: str) -> type[Message]:
-    descriptor = descriptor_pool.Default().FindMessageTypeByName(type_name)
-    cls: type[Message] = message_factory.GetMessageClass(descriptor)
-    return cls
-
-
 def decode(row: store.EventRow) -> Message:
-    return event_class(row.type).FromString(row.payload)
+    return message_class(row.type).FromString(row.payload)
 
 
 def consumed(module: ModuleType) -> list[type[Message]]:
@@ -103,12 +97,10 @@ class Sharing:
 
     async def share(self, session: AsyncSession, row: store.EventRow, event: Message, refs: domain.Refs) -> None:
         entries = await store.append(session, row.id, sorted(domain.audience(event, refs)))
-        people = domain.persons(event)
-        now = datetime.now(UTC)
+        disclosed = await store.disclosed(session, [p for _, p in entries], domain.persons(event), datetime.now(UTC))
         for position, partner in entries:
-            disclosed = await store.disclosed(session, partner, people, now)
             visible = domain.minimise(
-                event, key=domain.partner_key(self.key, partner), partner_id=partner, disclosed=disclosed
+                event, key=domain.partner_key(self.key, partner), partner_id=partner, disclosed=disclosed[partner]
             )
             packed = any_pb2.Any()
             packed.Pack(visible)

@@ -27,13 +27,14 @@ an export of any length runs in the same memory.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import re
 import secrets
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from itertools import accumulate
@@ -596,3 +597,22 @@ def _day(moment: datetime) -> date:
     if moment.tzinfo is None or moment.tzinfo is UTC:
         return moment.date()
     return moment.astimezone(UTC).date()
+
+
+Pages = Callable[[int], Awaitable[Sequence[Shared]]]
+"""The feed after a position, one bounded page at a time (empty at the end)."""
+
+
+async def run(destination: str, partner_id: str, pages: Pages) -> Summary:
+    """One export run: the feed after the destination's last position, page by page, the file work
+    off the event loop; committed at the end, aborted on any error."""
+    writer = await asyncio.to_thread(ParquetExport, destination, partner_id)
+    try:
+        after = writer.position
+        while page := await pages(after):
+            await asyncio.to_thread(writer.write, page)
+            after = page[-1].position
+    except BaseException:
+        await asyncio.to_thread(writer.abort)
+        raise
+    return await asyncio.to_thread(writer.commit)

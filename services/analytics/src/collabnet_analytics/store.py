@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import registry
 from sqlmodel import JSON, Column, Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from collabnet_analytics.domain import Consent, Ref
-from collabnet_kit.db import UtcDateTime
+from collabnet_kit.db import UtcDateTime, insert
 from collabnet_kit.migrations import History
 
 FEED_COUNTER = "feed"
@@ -103,11 +102,6 @@ class ConsentRow(Table, table=True):
 HISTORY = History(Path(__file__).parent / "migrations", Table.metadata)
 
 
-def _insert(session: AsyncSession, table: Any) -> Any:
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-
-
 # --- references --------------------------------------------------------------------------------
 
 
@@ -123,7 +117,7 @@ async def references(session: AsyncSession, refs: Iterable[Ref]) -> dict[Ref, fr
 
 async def remember(session: AsyncSession, values: dict[Ref, frozenset[str]]) -> None:
     for (kind, ref_id), partners in values.items():
-        statement = _insert(session, ReferenceRow).values(kind=kind, ref_id=ref_id, partners=sorted(partners))
+        statement = insert(session, ReferenceRow).values(kind=kind, ref_id=ref_id, partners=sorted(partners))
         await session.exec(
             statement.on_conflict_do_update(
                 index_elements=["kind", "ref_id"], set_={"partners": statement.excluded.partners}
@@ -133,7 +127,7 @@ async def remember(session: AsyncSession, values: dict[Ref, frozenset[str]]) -> 
 
 async def wait(session: AsyncSession, event_id: str, refs: Iterable[Ref]) -> None:
     for kind, ref_id in refs:
-        statement = _insert(session, WaitingRow).values(event_id=event_id, kind=kind, ref_id=ref_id)
+        statement = insert(session, WaitingRow).values(event_id=event_id, kind=kind, ref_id=ref_id)
         await session.exec(statement.on_conflict_do_nothing())
 
 
@@ -158,7 +152,7 @@ async def stop_waiting(session: AsyncSession, event_id: str) -> None:
 
 async def add_event(session: AsyncSession, row: EventRow) -> bool:
     """Keep an event; False when it is kept already."""
-    statement = _insert(session, EventRow).values(
+    statement = insert(session, EventRow).values(
         id=row.id, type=row.type, source=row.source, time=row.time, payload=row.payload, received_at=row.received_at
     )
     result = await session.exec(statement.on_conflict_do_nothing())
@@ -217,7 +211,7 @@ async def feed(
 
 
 async def add_partner(session: AsyncSession, partner_id: str) -> None:
-    await session.exec(_insert(session, PartnerRow).values(partner_id=partner_id).on_conflict_do_nothing())
+    await session.exec(insert(session, PartnerRow).values(partner_id=partner_id).on_conflict_do_nothing())
 
 
 async def consent(session: AsyncSession, party_id: str, partner_id: str) -> Consent | None:
@@ -226,7 +220,7 @@ async def consent(session: AsyncSession, party_id: str, partner_id: str) -> Cons
 
 
 async def set_consent(session: AsyncSession, party_id: str, partner_id: str, value: Consent) -> None:
-    statement = _insert(session, ConsentRow).values(
+    statement = insert(session, ConsentRow).values(
         party_id=party_id,
         partner_id=partner_id,
         granted=value.granted,
@@ -245,18 +239,21 @@ async def set_consent(session: AsyncSession, party_id: str, partner_id: str, val
     )
 
 
-async def disclosed(session: AsyncSession, partner_id: str, parties: Iterable[str], now: datetime) -> set[str]:
-    """Of ``parties``, those ``partner_id`` may see as they are: partners, and people whose consent
-    to ``analytics`` with it is in force at ``now``."""
-    wanted = set(parties)
+async def disclosed(
+    session: AsyncSession, partner_ids: Iterable[str], parties: Iterable[str], now: datetime
+) -> dict[str, set[str]]:
+    """For each partner, those of ``parties`` it may see as they are: partners, and people whose
+    consent to ``analytics`` with it is in force at ``now``. Two queries, whatever the numbers."""
+    receivers, wanted = set(partner_ids), set(parties)
     if not wanted:
-        return set()
+        return {p: set() for p in receivers}
     partners = select(col(PartnerRow.partner_id)).where(col(PartnerRow.partner_id).in_(wanted))
-    found = {str(p) for p in (await session.exec(partners)).all()}
+    known = {str(p) for p in (await session.exec(partners)).all()}
+    found = {p: set(known) for p in receivers}
     consents = select(ConsentRow).where(
-        col(ConsentRow.partner_id) == partner_id, col(ConsentRow.party_id).in_(wanted - found)
+        col(ConsentRow.partner_id).in_(receivers), col(ConsentRow.party_id).in_(wanted - known)
     )
     for row in (await session.exec(consents)).all():
         if Consent(row.granted, row.expire_time, row.change_time).in_force(now):
-            found.add(row.party_id)
+            found[row.partner_id].add(row.party_id)
     return found

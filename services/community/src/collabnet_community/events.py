@@ -26,6 +26,7 @@ from collabnet.supplychain.v1 import events_pb2 as supplychain
 from collabnet_community import domain, store
 from collabnet_community.reputation import award
 from collabnet_kit.bus import Envelope
+from collabnet_kit.db import insert
 
 
 def when(message: Message, field_name: str, envelope: Envelope) -> datetime:
@@ -144,7 +145,7 @@ class Handlers:
             "initiative_id": event.initiative_id[: domain.MAX_ID],
             "joined_at": at,
         }
-        await store.execute(session, store.insert(session, store.CoDesignRow).values(**row).on_conflict_do_nothing())
+        await store.execute(session, insert(session, store.CoDesignRow).values(**row).on_conflict_do_nothing())
         await award(session, event.party_id, domain.Reason.CO_DESIGN_JOINED, envelope.id, invitation, at)
 
     async def on_case_resolved(

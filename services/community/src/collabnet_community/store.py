@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from collabnet_community import domain
-from collabnet_kit.db import UtcDateTime
+from collabnet_kit.db import UtcDateTime, insert
 from collabnet_kit.errors import NotFound
 from collabnet_kit.migrations import History
 
@@ -379,12 +378,6 @@ def _table(model: Any) -> Any:
 
 def dialect(session: AsyncSession) -> str:
     return session.bind.dialect.name if session.bind is not None else "sqlite"
-
-
-def insert(session: AsyncSession, table: Any) -> Any:
-    """INSERT with the dialect's ON CONFLICT clauses."""
-    target = table.__table__ if hasattr(table, "__table__") else table
-    return (postgresql.insert if dialect(session) == "postgresql" else sqlite.insert)(target)
 
 
 async def execute(session: AsyncSession, statement: Any, **params: Any) -> Any:

@@ -12,15 +12,14 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Optional, TypeVar
 
-from google.protobuf import descriptor_pool
 from google.protobuf.any_pb2 import Any as AnyMessage
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor, MethodDescriptor
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
-from google.protobuf.message_factory import GetMessageClass
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from collabnet_kit.bus import message_class
 from collabnet_kit.errors import FieldViolation, InvalidArgument
 
 _INTS = {
@@ -143,8 +142,7 @@ def to_json(message: Message) -> dict[str, Any]:
 def unpack(packed: AnyMessage) -> Message:
     """The message inside an ``Any``. Its type must be one this process has imported (every event
     type partners may see is: ``webhooks.EVENTS``); ``KeyError`` otherwise."""
-    descriptor = descriptor_pool.Default().FindMessageTypeByName(packed.TypeName())
-    message: Message = GetMessageClass(descriptor)()
+    message = message_class(packed.TypeName())()
     if not packed.Unpack(message):
         raise KeyError(packed.type_url)
     return message

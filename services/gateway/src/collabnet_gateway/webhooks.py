@@ -25,7 +25,6 @@ import httpx
 import sqlalchemy as sa
 import structlog
 from google.protobuf.message import Message
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -37,7 +36,7 @@ from collabnet.supplychain.v1 import events_pb2 as supplychain
 from collabnet_gateway import domain, schemas, store
 from collabnet_gateway.store import WebhookDelivery
 from collabnet_kit.bus import Envelope
-from collabnet_kit.db import Database
+from collabnet_kit.db import Database, insert
 
 log = structlog.get_logger(__name__)
 
@@ -121,12 +120,11 @@ async def on_event_shared(session: AsyncSession, shared: analytics.EventShared, 
         return
     payload = cloudevent(shared)
     now = datetime.now(UTC)
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(WebhookDelivery)
+    statement = insert(session, WebhookDelivery)
     connection = await session.connection()
     for subscription in subscriptions:
         await connection.execute(
-            insert.values(
+            statement.values(
                 id=str(uuid.uuid4()),
                 subscription_id=subscription.id,
                 partner_id=subscription.partner_id,

@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import registry
 from sqlmodel import JSON, Column, Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from collabnet_improvement import domain
-from collabnet_kit.db import UtcDateTime
+from collabnet_kit.db import UtcDateTime, insert
 from collabnet_kit.errors import NotFound
 from collabnet_kit.migrations import History
 
@@ -423,13 +422,6 @@ HISTORY = History(Path(__file__).parent / "migrations", Table.metadata)
 # --- helpers -------------------------------------------------------------------------------------------
 
 
-def insert_ignoring_duplicates(session: AsyncSession, table: Any) -> Any:
-    """``INSERT ... ON CONFLICT DO NOTHING`` for the session's dialect."""
-    assert session.bind is not None
-    insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
-    return insert(table)
-
-
 R = TypeVar("R", bound=Table)
 
 
@@ -490,7 +482,7 @@ async def add_rating(session: AsyncSession, product_id: str, revision: int, rati
     overall: one upsert, whose increments commute, so concurrent handlers never lose one."""
     negative = sign if rating <= domain.NEGATIVE_RATING else 0
     table = RatingStatRow.__table__  # type: ignore[attr-defined]
-    insert = insert_ignoring_duplicates(session, table).values(
+    statement = insert(session, table).values(
         [
             {
                 "product_id": product_id,
@@ -503,12 +495,12 @@ async def add_rating(session: AsyncSession, product_id: str, revision: int, rati
         ]
     )
     await session.exec(
-        insert.on_conflict_do_update(
+        statement.on_conflict_do_update(
             index_elements=[table.c.product_id, table.c.revision],
             set_={
-                "reviews": table.c.reviews + insert.excluded.reviews,
-                "rating_sum": table.c.rating_sum + insert.excluded.rating_sum,
-                "negative": table.c.negative + insert.excluded.negative,
+                "reviews": table.c.reviews + statement.excluded.reviews,
+                "rating_sum": table.c.rating_sum + statement.excluded.rating_sum,
+                "negative": table.c.negative + statement.excluded.negative,
             },
         )
     )
@@ -713,8 +705,8 @@ async def list_invitations(
 async def add_notification(session: AsyncSession, row: NotificationRow) -> bool:
     """Adds the notification unless one with its dedupe key exists; True when added."""
     values = {c.name: getattr(row, c.name) for c in NotificationRow.__table__.columns}  # type: ignore[attr-defined]
-    insert = insert_ignoring_duplicates(session, NotificationRow.__table__)  # type: ignore[attr-defined]
-    result = await (await session.connection()).execute(insert.values(**values).on_conflict_do_nothing())
+    statement = insert(session, NotificationRow)
+    result = await (await session.connection()).execute(statement.values(**values).on_conflict_do_nothing())
     return bool(result.rowcount)
 
 

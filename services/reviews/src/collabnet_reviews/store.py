@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import registry
 from sqlmodel import JSON, Column, Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from collabnet_kit.db import UtcDateTime
+from collabnet_kit.db import UtcDateTime, insert
 from collabnet_kit.errors import NotFound
 from collabnet_kit.migrations import History
 from collabnet_reviews import domain
@@ -260,15 +259,6 @@ HISTORY = History(Path(__file__).parent / "migrations", Table.metadata)
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def _dialect(session: AsyncSession) -> str:
-    assert session.bind is not None
-    return session.bind.dialect.name
-
-
-def _insert(session: AsyncSession, table: Any) -> Any:
-    return (postgresql.insert if _dialect(session) == "postgresql" else sqlite.insert)(table)
-
-
 # --- products, listings, policies --------------------------------------------------------------
 
 
@@ -297,7 +287,7 @@ async def upsert_product(
 ) -> None:
     """Record a product's maker and revision; the latest revision only grows, whatever the order of events."""
     table = ProductRow.__table__  # type: ignore[attr-defined]
-    statement = _insert(session, table).values(
+    statement = insert(session, table).values(
         product_id=product_id, maker_id=maker_id, latest_revision=revision, registered=registered, updated_at=at
     )
     excluded = statement.excluded
@@ -321,7 +311,7 @@ async def set_listing(
 ) -> None:
     """Listed or delisted, as of the event's time: a late event older than the last change is ignored."""
     table = ListingRow.__table__  # type: ignore[attr-defined]
-    statement = _insert(session, table).values(
+    statement = insert(session, table).values(
         listing_id=listing_id, product_id=product_id, retailer_id=retailer_id, active=active, changed_at=at
     )
     excluded = statement.excluded
@@ -358,7 +348,7 @@ async def record_order(
 ) -> OrderRow:
     """Merge what an order event says into the order: flags only ever turn on, whatever the order of events."""
     table = OrderRow.__table__  # type: ignore[attr-defined]
-    statement = _insert(session, table).values(
+    statement = insert(session, table).values(
         order_id=order_id,
         customer_id=customer_id,
         retailer_id=retailer_id,
@@ -391,7 +381,7 @@ async def record_purchase(
     at: datetime,
 ) -> None:
     statement = (
-        _insert(session, PurchaseRow.__table__)  # type: ignore[attr-defined]
+        insert(session, PurchaseRow.__table__)  # type: ignore[attr-defined]
         .values(
             order_id=order_id,
             product_id=product_id,
@@ -687,7 +677,7 @@ async def move_summaries(
     ):
         if not rows:
             continue
-        statement = _insert(session, table).values(rows)
+        statement = insert(session, table).values(rows)
         updates: dict[str, Any] = {c: table.c[c] + statement.excluded[c] for c in columns}
         if table is SummaryRow.__table__:  # type: ignore[attr-defined]
             updates["updated_at"] = statement.excluded.updated_at
